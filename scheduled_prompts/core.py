@@ -1,0 +1,416 @@
+"""The public verbs, written once as *plans* that a sync or an async driver runs.
+
+A plan is a generator: it yields a store :class:`~scheduled_prompts.store.Op`, receives
+its result, and finally returns the verb's value. ``api.py`` drives plans with a
+``redis.Redis``, ``aio.py`` with a ``redis.asyncio.Redis``; the logic is the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from . import store
+from ._time import to_ms
+from .errors import ConflictingPrompt, InvalidSchedule, PromptNotFound, QuotaExceeded
+from .keys import Keys
+from .models import Kind, ScheduledPrompt, Status
+from .schedules import first_cron_run, parse_cron
+from .settings import Settings
+from .store import Put
+from .validation import (
+    ScheduleRequest,
+    apply_update,
+    build_prompt,
+    same_request,
+)
+
+T = TypeVar("T")
+Plan = Generator[store.Op, Any, T]
+
+#: Records written per script call by ``schedule_many`` (one pipelined round trip).
+BATCH = 2_000
+_CAS_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Context:
+    keys: Keys
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class PromptPage:
+    """One page of :func:`list_prompts`: ``next_cursor`` is None on the last page."""
+
+    items: list[ScheduledPrompt]
+    next_cursor: str | None
+
+
+SCHEDULE_ARGS = (
+    "user_id",
+    "platform",
+    "channel_id",
+    "at",
+    "delay",
+    "cron",
+    "timezone",
+    "start_at",
+    "end_at",
+    "max_runs",
+    "misfire_grace_seconds",
+    "metadata",
+    "prompt_id",
+)
+
+
+def build_from_spec(
+    spec: Mapping[str, Any], now: datetime, settings: Settings
+) -> tuple[ScheduledPrompt, ScheduleRequest]:
+    """Validate one ``schedule_prompt`` keyword set; return the record and its request."""
+    unknown = set(spec) - {"prompt", *SCHEDULE_ARGS}
+    if unknown:
+        raise InvalidSchedule(
+            f"unknown argument(s) {', '.join(sorted(unknown))}; accepted: prompt, "
+            + ", ".join(SCHEDULE_ARGS)
+        )
+    for name in ("prompt", "user_id", "platform"):
+        if name not in spec:
+            raise InvalidSchedule(f"{name} is required")
+    req = ScheduleRequest(
+        at=spec.get("at"),
+        delay=spec.get("delay"),
+        cron=spec.get("cron"),
+        timezone=spec.get("timezone", "UTC"),
+        start_at=spec.get("start_at"),
+        end_at=spec.get("end_at"),
+        max_runs=spec.get("max_runs"),
+    )
+    record = build_prompt(
+        spec["prompt"],
+        user_id=spec["user_id"],
+        platform=spec["platform"],
+        channel_id=spec.get("channel_id"),
+        schedule=req,
+        misfire_grace_seconds=spec.get("misfire_grace_seconds"),
+        metadata=spec.get("metadata"),
+        prompt_id=spec.get("prompt_id"),
+        now=now,
+        settings=settings,
+    )
+    return record, req
+
+
+def _existing_or_conflict(
+    stored: ScheduledPrompt | None, new: ScheduledPrompt, req: ScheduleRequest
+) -> ScheduledPrompt:
+    if stored is None:
+        raise ConflictingPrompt(f"prompt_id {new.id!r} is taken by an unreadable record")
+    if not same_request(stored, new, req):
+        raise ConflictingPrompt(
+            f"prompt_id {new.id!r} already exists with a different prompt, owner, platform, "
+            "channel or schedule; use another prompt_id, or update_prompt() to change it"
+        )
+    return stored
+
+
+def schedule(ctx: Context, spec: Mapping[str, Any], now: datetime) -> Plan[ScheduledPrompt]:
+    record, req = build_from_spec(spec, now, ctx.settings)
+    key = ctx.keys.prompt(record.id)
+    if spec.get("prompt_id") is not None:
+        (raw,) = yield store.Read([key])
+        if raw is not None:
+            return _existing_or_conflict(store.parse_record(key, raw), record, req)
+    result = yield store.put_op(ctx.keys, [Put(record, None)], ctx.settings.max_prompts_per_user)
+    outcome = _check_put(result, ctx)
+    if outcome == "exists":  # created concurrently under the same prompt_id
+        return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
+    return record
+
+
+def _check_put(result: Sequence[Any], ctx: Context) -> str:
+    outcome = str(result[0])
+    if outcome == "quota":
+        assert ctx.settings.max_prompts_per_user is not None
+        raise QuotaExceeded(str(result[1]), ctx.settings.max_prompts_per_user)
+    return outcome
+
+
+def schedule_many(
+    ctx: Context, specs: Iterable[Mapping[str, Any]], now: datetime
+) -> Plan[list[ScheduledPrompt]]:
+    """Validate every spec first (all or nothing), then write in pipelined batches."""
+    built: list[tuple[ScheduledPrompt, ScheduleRequest, bool]] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            raise InvalidSchedule(
+                f"specs[{index}] must be a dict of schedule_prompt arguments, "
+                f"got {type(spec).__name__}"
+            )
+        try:
+            record, req = build_from_spec(spec, now, ctx.settings)
+        except InvalidSchedule as exc:
+            raise InvalidSchedule(f"specs[{index}]: {exc}") from None
+        if record.id in seen:
+            raise InvalidSchedule(f"specs[{index}]: prompt_id {record.id!r} appears twice")
+        seen.add(record.id)
+        built.append((record, req, spec.get("prompt_id") is not None))
+    # Idempotent ids that already exist resolve to the stored record (or a conflict).
+    explicit = [r.id for r, _, given in built if given]
+    raws = yield store.Read([ctx.keys.prompt(i) for i in explicit])
+    existing: dict[str, ScheduledPrompt] = {}
+    for pid, raw in zip(explicit, raws, strict=True):
+        if raw is not None:
+            existing[pid] = store.parse_record(ctx.keys.prompt(pid), raw)  # type: ignore[assignment]
+    out: list[ScheduledPrompt] = []
+    to_write: list[ScheduledPrompt] = []
+    for record, req, _ in built:
+        if record.id in existing:
+            out.append(_existing_or_conflict(existing[record.id], record, req))
+        else:
+            out.append(record)
+            to_write.append(record)
+    quota = ctx.settings.max_prompts_per_user
+    if quota is not None and to_write:
+        adds: dict[str, int] = {}
+        for record in to_write:
+            adds[record.user_id] = adds.get(record.user_id, 0) + 1
+        users = list(adds)
+        have = yield store.HashGet(ctx.keys.open_counts, users)
+        for user, count in zip(users, have, strict=True):
+            if int(count or 0) + adds[user] > quota:
+                raise QuotaExceeded(user, quota)
+    ops = [
+        store.put_op(ctx.keys, [Put(r, None) for r in to_write[i : i + BATCH]], quota)
+        for i in range(0, len(to_write), BATCH)
+    ]
+    if ops:
+        results = yield store.Pipeline(ops)
+        failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
+        if failed:
+            written = sum(min(BATCH, len(to_write) - i * BATCH) for i in range(len(ops))) - sum(
+                min(BATCH, len(to_write) - i * BATCH) for i, _ in failed
+            )
+            index, result = failed[0]
+            detail = (
+                f"user {result[1]!r} reached the quota"
+                if str(result[0]) == "quota"
+                else f"a prompt_id was created concurrently ({result[0]})"
+            )
+            raise ConflictingPrompt(
+                f"schedule_many raced another writer: {detail}; {written} of "
+                f"{len(to_write)} prompts were written (batches of {BATCH})"
+            )
+    return out
+
+
+def get(ctx: Context, prompt_id: str) -> Plan[ScheduledPrompt | None]:
+    if not isinstance(prompt_id, str):
+        return None
+    key = ctx.keys.prompt(prompt_id)
+    (raw,) = yield store.Read([key])
+    return store.parse_record(key, raw)
+
+
+def _coerce_statuses(status: object) -> frozenset[Status] | None:
+    if status is None:
+        return None
+    try:
+        values = [status] if isinstance(status, str) else list(status)  # type: ignore[call-overload]
+        return frozenset(Status(v) for v in values)
+    except (ValueError, TypeError):
+        raise InvalidSchedule(
+            f"status must be one of {', '.join(s.value for s in Status)} "
+            f"(or a list of them), got {status!r}"
+        ) from None
+
+
+def list_page(
+    ctx: Context,
+    *,
+    user_id: str | None,
+    platform: str | None,
+    status: object,
+    limit: int,
+    cursor: str | None,
+) -> Plan[PromptPage]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidSchedule(f"limit must be an integer from 1 to 1000, got {limit!r}")
+    if cursor is not None and not isinstance(cursor, str):
+        raise InvalidSchedule(f"cursor must be a next_cursor string or None, got {cursor!r}")
+    for name, value in (("user_id", user_id), ("platform", platform)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidSchedule(f"{name} must be a string or None, got {type(value).__name__}")
+    statuses = _coerce_statuses(status)
+    index = ctx.keys.ids if user_id is None else ctx.keys.user(user_id)
+    items: list[ScheduledPrompt] = []
+    after = cursor
+    chunk = max(limit, 100)
+    while True:
+        ids: list[str] = yield store.RangeByLex(index, after, chunk)
+        if not ids:
+            return PromptPage(items, None)
+        keys = [ctx.keys.prompt(i) for i in ids]
+        raws = yield store.Read(keys)
+        for pid, key, raw in zip(ids, keys, raws, strict=True):
+            after = pid
+            record = store.parse_record(key, raw)
+            if record is None:
+                continue
+            if (
+                (user_id is not None and record.user_id != user_id)
+                or (platform is not None and record.platform != platform)
+                or (statuses is not None and record.status not in statuses)
+            ):
+                continue
+            items.append(record)
+            if len(items) == limit:
+                return PromptPage(items, pid)
+        if len(ids) < chunk:
+            return PromptPage(items, None)
+
+
+def _mutate(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    change: Any,
+) -> Plan[ScheduledPrompt]:
+    """Read, ``change(record)``, compare-and-set; retried if the record moved meanwhile."""
+    if not isinstance(prompt_id, str):
+        raise PromptNotFound(repr(prompt_id))
+    key = ctx.keys.prompt(prompt_id)
+    for _ in range(_CAS_ATTEMPTS):
+        (raw,) = yield store.Read([key])
+        record = store.parse_record(key, raw)
+        if record is None or (user_id is not None and record.user_id != user_id):
+            raise PromptNotFound(prompt_id)
+        new: ScheduledPrompt = change(record)
+        if new is record:
+            return record
+        result = yield store.put_op(ctx.keys, [Put(new, raw, record)], None)
+        if str(result[0]) == "ok":
+            return new
+    raise ConflictingPrompt(f"prompt {prompt_id!r} kept changing; try again")
+
+
+def _refuse(record: ScheduledPrompt, action: str) -> ConflictingPrompt:
+    return ConflictingPrompt(
+        f"cannot {action} prompt {record.id!r}: it is {record.status.value}; only "
+        "scheduled, active or paused prompts can be changed"
+    )
+
+
+def cancel(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status is Status.CANCELLED:
+            return record
+        if record.status.is_terminal:
+            raise _refuse(record, "cancel")
+        return record.replace(
+            status=Status.CANCELLED, next_run_at=None, updated_at=now, version=record.version + 1
+        )
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def pause(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status is Status.PAUSED:
+            return record
+        if record.status.is_terminal:
+            raise _refuse(record, "pause")
+        return record.replace(
+            status=Status.PAUSED, next_run_at=None, updated_at=now, version=record.version + 1
+        )
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def resume(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status.is_live:
+            return record
+        if record.status.is_terminal:
+            raise _refuse(record, "resume")
+        bump = {"updated_at": now, "version": record.version + 1}
+        if record.kind is Kind.ONCE:
+            assert record.schedule_time is not None
+            # A time that passed while paused fires now (the engine applies the grace).
+            when = max(record.schedule_time, now)
+            return record.replace(status=Status.SCHEDULED, next_run_at=when, **bump)
+        assert record.cron_expression is not None
+        schedule = parse_cron(record.cron_expression, record.timezone)
+        # Computed from now: occurrences missed while paused are skipped, not replayed.
+        first = first_cron_run(schedule, now, start_at=record.start_at, end_at=record.end_at)
+        if first is None:
+            return record.replace(status=Status.EXECUTED, next_run_at=None, **bump)
+        return record.replace(status=Status.ACTIVE, next_run_at=first, **bump)
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def update(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    changes: Mapping[str, Any],
+    now: datetime,
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status.is_terminal:
+            raise _refuse(record, "update")
+        return apply_update(record, changes, now, ctx.settings)
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def cleanup(ctx: Context, days_to_keep: object, now: datetime) -> Plan[dict[str, Any]]:
+    """Delete terminal prompts finished more than ``days_to_keep`` days ago: O(expired)."""
+    if (
+        isinstance(days_to_keep, bool)
+        or not isinstance(days_to_keep, int | float)
+        or not 0 <= days_to_keep <= 36_500
+    ):
+        return {
+            "error": f"days_to_keep must be a number of days from 0 to 36500, got {days_to_keep!r}"
+        }
+    cutoff = to_ms(now - timedelta(days=days_to_keep))
+    deleted = skipped = 0
+    while True:
+        rows = yield store.RangeByScore(ctx.keys.finished, cutoff, skipped, 500)
+        if not rows:
+            break
+        ids = [str(member) for member, _ in rows]
+        keys = [ctx.keys.prompt(i) for i in ids]
+        raws = yield store.Read(keys)
+        doomed: list[tuple[ScheduledPrompt, str]] = []
+        for key, raw in zip(keys, raws, strict=True):
+            record = store.parse_record(key, raw)
+            # Only terminal records whose own finish time is past the window go; live
+            # prompts and unreadable records (dates included) are left alone.
+            if (
+                record is not None
+                and raw is not None
+                and record.status.is_terminal
+                and to_ms(record.updated_at) <= cutoff
+            ):
+                doomed.append((record, raw))
+        if doomed:
+            deleted += int((yield store.delete_op(ctx.keys, doomed)))
+        skipped += len(rows) - len(doomed)
+    return {
+        "success": True,
+        "message": f"deleted {deleted} prompt(s) finished more than {days_to_keep} day(s) ago",
+        "days_kept": days_to_keep,
+        "deleted": deleted,
+    }

@@ -1,0 +1,172 @@
+"""The record: :class:`ScheduledPrompt`, its statuses, and its JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ._time import from_iso, to_iso
+
+#: Version of the stored JSON layout; a record with another version is refused on load.
+SCHEMA_VERSION = 1
+
+
+class Kind(StrEnum):
+    ONCE = "once"
+    CRON = "cron"
+
+
+class Status(StrEnum):
+    SCHEDULED = "scheduled"  # one-time, pending
+    ACTIVE = "active"  # cron, firing
+    PAUSED = "paused"
+    EXECUTED = "executed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_live(self) -> bool:
+        """Scheduled or active: the prompt has a next occurrence in the due index."""
+        return self in (Status.SCHEDULED, Status.ACTIVE)
+
+    @property
+    def is_open(self) -> bool:
+        """Live or paused: counted against the per-user quota."""
+        return self.is_live or self is Status.PAUSED
+
+    @property
+    def is_terminal(self) -> bool:
+        return not self.is_open
+
+
+class RecordError(ValueError):
+    """A stored record could not be read (corrupt JSON or another schema version)."""
+
+
+_DATETIME_FIELDS = (
+    "schedule_time",
+    "created_at",
+    "updated_at",
+    "next_run_at",
+    "last_execution",
+    "start_at",
+    "end_at",
+)
+
+
+@dataclass(frozen=True)
+class ScheduledPrompt:
+    """One scheduled prompt. Immutable: changes go through the API and bump ``version``.
+
+    Datetimes are aware and in UTC. ``kind`` decides which schedule fields are set:
+    ``"once"`` has ``schedule_time``; ``"cron"`` has ``cron_expression`` and may have
+    ``start_at``, ``end_at`` and ``max_runs``. ``timezone`` is the IANA zone the schedule
+    was given in (cron arithmetic happens there; one-time prompts keep it for display).
+    """
+
+    id: str
+    prompt: str
+    user_id: str
+    platform: str
+    kind: Kind
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    channel_id: str | None = None
+    schedule_time: datetime | None = None
+    cron_expression: str | None = None
+    timezone: str = "UTC"
+    next_run_at: datetime | None = None
+    last_execution: datetime | None = None
+    run_count: int = 0
+    max_runs: int | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    misfire_grace_seconds: float | None = None
+    last_error: str | None = None
+    failure_count: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        object.__setattr__(self, "status", Status(self.status))
+        for name in _DATETIME_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise ValueError(f"{name} must be an aware datetime, got {value!r}")
+            if value.tzinfo is not UTC:
+                object.__setattr__(self, name, value.astimezone(UTC))
+        if self.kind is Kind.ONCE:
+            if self.schedule_time is None or self.cron_expression is not None:
+                raise ValueError("a one-time prompt has schedule_time and no cron_expression")
+            if self.status is Status.ACTIVE:
+                raise ValueError("a one-time prompt is 'scheduled', never 'active'")
+        else:
+            if self.cron_expression is None or self.schedule_time is not None:
+                raise ValueError("a cron prompt has cron_expression and no schedule_time")
+            if self.status is Status.SCHEDULED:
+                raise ValueError("a cron prompt is 'active', never 'scheduled'")
+        if self.status.is_live and self.next_run_at is None:
+            raise ValueError(f"a {self.status} prompt needs next_run_at")
+        if self.run_count < 0 or self.failure_count < 0 or self.version < 1:
+            raise ValueError("run_count and failure_count are >= 0, version >= 1")
+
+    @property
+    def is_live(self) -> bool:
+        return self.status.is_live
+
+    def replace(self, **changes: Any) -> ScheduledPrompt:
+        """A copy with ``changes`` applied (validated like a new record)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of every field, datetimes as ISO-8601 UTC strings."""
+        out: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = to_iso(value)
+            elif isinstance(value, StrEnum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        """The stored form: compact JSON, fields that are None left out."""
+        data = {k: v for k, v in self.to_dict().items() if v is not None}
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScheduledPrompt:
+        """Inverse of :meth:`to_dict`; refuses another schema version."""
+        version = data.get("schema")
+        if version != SCHEMA_VERSION:
+            raise RecordError(
+                f"record schema version {version!r} is not supported "
+                f"(this version of scheduled-prompts reads {SCHEMA_VERSION})"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for name in _DATETIME_FIELDS:
+            if isinstance(values.get(name), str):
+                values[name] = from_iso(values[name])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScheduledPrompt:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise RecordError("record is not a JSON object")
+            return cls.from_dict(data)
+        except RecordError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise RecordError(f"unreadable record: {exc}") from exc

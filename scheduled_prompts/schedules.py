@@ -1,0 +1,355 @@
+"""Pure schedule maths: parsing, validation and next-fire instants. No Redis here.
+
+Cron expressions are matched against the *wall clock* of an IANA timezone, and the
+daylight-saving rules are those of cronie/Vixie cron (SPEC §3):
+
+* A *fixed-time* expression (neither the minute nor the hour field starts with ``*``;
+  also ``@daily`` … ``@yearly``) names wall times a person means once a day. A wall
+  time inside a spring-forward gap fires once, at the first instant after the gap; a
+  wall time inside a repeated fall-back hour fires once, on its first pass.
+* A *wildcard* expression (``*/15 * * * *``, ``0 * * * *``) follows real time: both
+  passes of a repeated hour fire, and wall times that do not exist do not fire.
+
+All results are aware UTC datetimes; arithmetic happens in UTC.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+from ._time import truncate_ms, utcnow
+from .errors import InvalidSchedule
+
+MAX_CRON_CHARS = 100
+
+#: Macros and the 5-field expressions they stand for.
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_FIELDS_HELP = (
+    "5 fields: minute (0-59) hour (0-23) day-of-month (1-31, L, W) month (1-12 or "
+    "JAN-DEC) day-of-week (0-6 or SUN-SAT, L, #), e.g. '0 9 * * 1-5', or one of "
+    + ", ".join(MACROS)
+)
+# 'H' (hashed) and 'R' (random) are croniter extensions; a bare letter token is one of
+# them, while month and weekday names (MAR, THU) contain the letters inside a word.
+_EXTENSION_TOKEN = re.compile(r"(?<![A-Za-z])([HhRr])(?![A-Za-z])")
+# The largest backward jump of a zone's offset we look for around an instant. Real DST
+# shifts are at most 2 h; the window leaves room for rarer offset changes.
+_SHIFT_WINDOW = timedelta(hours=26)
+_EQUAL_RANGE = re.compile(r"^([A-Za-z0-9]+)-([A-Za-z0-9]+)(?:/\d+)?$")
+_ONE_MINUTE = timedelta(minutes=1)
+
+
+def get_zone(name: object) -> ZoneInfo:
+    """The :class:`ZoneInfo` for an IANA name, or :class:`InvalidSchedule`."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidSchedule(
+            f"timezone must be an IANA name such as 'Europe/Berlin' or 'UTC', got {name!r}"
+        )
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidSchedule(
+            f"unknown timezone {name!r}: use an IANA name such as 'America/New_York', "
+            "'Europe/Berlin' or 'UTC'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A validated cron expression in a timezone. Build it with :func:`parse_cron`."""
+
+    expression: str
+    timezone: str
+    fields: str
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @cached_property
+    def fixed_time(self) -> bool:
+        minute, hour = self.fields.split()[:2]
+        return not (minute.startswith("*") or hour.startswith("*"))
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire instant strictly after ``after`` (aware), or None if none is left.
+
+        Matching wall times are walked in order with croniter on naive local times; each
+        is mapped to real instants under the DST rules above. Because a fall-back repeats
+        wall times, the walk starts early enough to see repeats of times before ``after``
+        and stops only when no later wall time can map to an earlier instant.
+        """
+        if after.utcoffset() is None:
+            raise ValueError("after must be an aware datetime")
+        a = after.astimezone(UTC)
+        zone = self.zone
+        back = _offset_span(zone, a, a + _SHIFT_WINDOW)
+        walk = croniter(self.fields, _wall(a, zone) - back - _ONE_MINUTE, ret_type=datetime)
+        best: datetime | None = None
+        stop_wall = datetime.max
+        while True:
+            try:
+                m = walk.get_next(datetime)
+            except CroniterBadDateError:
+                return best
+            if m > stop_wall:
+                return best
+            for u in self._instants(m):
+                if u > a and (best is None or u < best):
+                    best = u
+                    stop_wall = _wall(u, zone) + _offset_span(zone, u - _SHIFT_WINDOW, u)
+
+    def iter_after(self, after: datetime) -> Iterator[datetime]:
+        """Fire instants strictly after ``after``, in order, for as long as they last."""
+        current: datetime | None = after
+        while current is not None:
+            current = self.next_after(current)
+            if current is not None:
+                yield current
+
+    def _instants(self, wall: datetime) -> tuple[datetime, ...]:
+        zone = self.zone
+        first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        if first == second:
+            return (first,)
+        if first < second:  # repeated (fall-back) wall time: fold=0 is the first pass
+            return (first,) if self.fixed_time else (first, second)
+        # A wall time inside a spring-forward gap: fold=1 maps before the transition,
+        # fold=0 after it.
+        return (_transition(zone, second, first),) if self.fixed_time else ()
+
+
+def parse_cron(expression: object, timezone: object = "UTC") -> CronSchedule:
+    """Validate ``expression`` and ``timezone``; raise :class:`InvalidSchedule` if bad."""
+    if not isinstance(expression, str):
+        raise InvalidSchedule(
+            f"cron must be a string of {_FIELDS_HELP}; got {type(expression).__name__}"
+        )
+    text = " ".join(expression.split())
+    if not text:
+        raise InvalidSchedule(f"cron must not be empty; use {_FIELDS_HELP}")
+    if len(expression) > MAX_CRON_CHARS:
+        raise InvalidSchedule(
+            f"cron must be at most {MAX_CRON_CHARS} characters, got {len(expression)}"
+        )
+    zone = get_zone(timezone)
+    if text.startswith("@"):
+        if text.lower() == "@reboot":
+            raise InvalidSchedule(
+                "'@reboot' is not supported: a scheduled prompt needs clock times; use "
+                + _FIELDS_HELP
+            )
+        fields = MACROS.get(text.lower())
+        if fields is None:
+            raise InvalidSchedule(f"unknown cron macro {text!r}; use {_FIELDS_HELP}")
+    else:
+        parts = text.split()
+        if len(parts) != 5:
+            extra = " (seconds and year fields are not supported)" if len(parts) in (6, 7) else ""
+            raise InvalidSchedule(
+                f"cron must have 5 fields (minute hour day-of-month month day-of-week), "
+                f"got {len(parts)}: {text!r}{extra}"
+            )
+        match = _EXTENSION_TOKEN.search(text)
+        if match:
+            raise InvalidSchedule(
+                f"cron {text!r} uses '{match.group(1)}' (hashed/random values), which is "
+                f"not supported; use explicit values: {_FIELDS_HELP}"
+            )
+        fields = " ".join(_collapse_equal_ranges(part) for part in parts)
+    try:
+        probe = croniter(fields, datetime(2000, 1, 1), ret_type=datetime)
+        probe.get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidSchedule(f"cron {text!r} never fires: no date matches it") from None
+    except (CroniterBadCronError, ValueError, KeyError, IndexError) as exc:
+        raise InvalidSchedule(f"invalid cron {text!r} ({exc}); use {_FIELDS_HELP}") from None
+    return CronSchedule(expression=text, timezone=zone.key, fields=fields)
+
+
+def localize(wall: datetime, zone: ZoneInfo) -> datetime:
+    """A naive wall time in ``zone`` as a UTC instant, by the fixed-time DST rules.
+
+    A repeated wall time means its first pass; a wall time inside a gap means the first
+    instant after the gap.
+    """
+    naive = wall.replace(tzinfo=None)
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first <= second:
+        return first
+    return _transition(zone, second, first)
+
+
+def resolve_at(at: object, timezone: object, now: datetime) -> datetime:
+    """The instant of ``at=``: an aware datetime, or ISO-8601; naive means in ``timezone``."""
+    zone = get_zone(timezone)
+    if isinstance(at, str):
+        try:
+            value = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise InvalidSchedule(
+                f"at must be an ISO-8601 date-time such as '2026-03-08T09:30:00+01:00' "
+                f"(an offset or 'Z' is recommended), got {at!r}"
+            ) from None
+    elif isinstance(at, datetime):
+        value = at
+    else:
+        raise InvalidSchedule(
+            f"at must be a datetime or an ISO-8601 string, got {type(at).__name__}"
+        )
+    instant = value.astimezone(UTC) if value.utcoffset() is not None else localize(value, zone)
+    instant = truncate_ms(instant)
+    if instant < truncate_ms(now):
+        raise InvalidSchedule(
+            f"at is in the past ({instant.isoformat()} is before now, "
+            f"{truncate_ms(now).isoformat()}); give a future time or use delay="
+        )
+    return instant
+
+
+def resolve_delay(delay: object, now: datetime) -> datetime:
+    """The instant ``delay`` (seconds, or a timedelta; >= 0) after ``now``."""
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidSchedule(
+            f"delay must be a number of seconds or a timedelta, got {type(delay).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidSchedule(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    try:
+        return truncate_ms(now + timedelta(seconds=seconds))
+    except OverflowError:
+        raise InvalidSchedule(f"delay {delay!r} is too far in the future") from None
+
+
+def first_cron_run(
+    schedule: CronSchedule,
+    now: datetime,
+    *,
+    start_at: datetime | None = None,
+    end_at: datetime | None = None,
+) -> datetime | None:
+    """The first occurrence after ``now``, at or after ``start_at``, at or before ``end_at``."""
+    after = now
+    if start_at is not None and start_at > now:
+        after = start_at - timedelta(microseconds=1)
+    return _bounded(schedule.next_after(after), end_at)
+
+
+def next_cron_run(
+    schedule: CronSchedule, after: datetime, *, end_at: datetime | None = None
+) -> datetime | None:
+    """The occurrence after ``after`` within ``end_at``, or None when the schedule is over."""
+    return _bounded(schedule.next_after(after), end_at)
+
+
+def preview_schedule(
+    cron: str,
+    timezone: str = "UTC",
+    *,
+    start: datetime | None = None,
+    count: int = 5,
+) -> list[datetime]:
+    """The next ``count`` fire instants of ``cron`` in ``timezone`` strictly after ``start``.
+
+    ``start`` defaults to now; a naive ``start`` is read as a wall time in ``timezone``.
+    Results are aware UTC datetimes.
+    """
+    schedule = parse_cron(cron, timezone)
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 10_000:
+        raise InvalidSchedule(f"count must be an integer from 0 to 10000, got {count!r}")
+    if start is None:
+        start = utcnow()
+    elif not isinstance(start, datetime):
+        raise InvalidSchedule(f"start must be a datetime, got {type(start).__name__}")
+    elif start.utcoffset() is None:
+        start = start.replace(tzinfo=schedule.zone)
+    out: list[datetime] = []
+    for instant in schedule.iter_after(start):
+        if len(out) == count:
+            break
+        out.append(instant)
+    return out
+
+
+def _collapse_equal_ranges(field: str) -> str:
+    """Rewrite ``N-N`` (and ``N-N/S``) as ``N``.
+
+    In Vixie cron ``22-22`` is hour 22 alone; croniter reads an equal range as the whole
+    cycle ("Jan-Jan"), which would turn ``0 22-22 * * *`` into an hourly schedule.
+    """
+    items = []
+    for item in field.split(","):
+        match = _EQUAL_RANGE.match(item)
+        same = match and _same_value(match.group(1), match.group(2))
+        items.append(match.group(1) if match and same else item)
+    return ",".join(items)
+
+
+def _same_value(low: str, high: str) -> bool:
+    if low.isdigit() and high.isdigit():
+        return int(low) == int(high)
+    return low.lower() == high.lower()
+
+
+def _bounded(instant: datetime | None, end_at: datetime | None) -> datetime | None:
+    if instant is None or (end_at is not None and instant > end_at):
+        return None
+    return instant
+
+
+def _wall(instant: datetime, zone: ZoneInfo) -> datetime:
+    return instant.astimezone(zone).replace(tzinfo=None)
+
+
+def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None
+    return offset
+
+
+def _offset_span(zone: ZoneInfo, lo: datetime, hi: datetime) -> timedelta:
+    """How far the zone's UTC offset moves within [lo, hi] (hourly samples); 0 if fixed."""
+    offsets: set[timedelta] = set()
+    step = timedelta(hours=1)
+    t = lo
+    while t <= hi:
+        offsets.add(_offset(t, zone))
+        t += step
+    offsets.add(_offset(hi, zone))
+    return max(offsets) - min(offsets)
+
+
+def _transition(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
+    """The first instant in (before, after] whose offset is that of ``after`` (to 1 s)."""
+    target = _offset(after, zone)
+    lo, hi = int(before.timestamp()), int(after.timestamp())
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset(datetime.fromtimestamp(mid, UTC), zone) == target:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, UTC)

@@ -1,0 +1,373 @@
+"""Turning caller input into records: every check of a create or update, pure, no Redis.
+
+A call is validated completely before anything is written, so a rejected call writes
+nothing. Every message says what was wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import InvalidSchedule
+from .models import Kind, ScheduledPrompt, Status
+from .schedules import (
+    CronSchedule,
+    first_cron_run,
+    get_zone,
+    localize,
+    parse_cron,
+    resolve_at,
+    resolve_delay,
+)
+from .settings import Settings
+
+_PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
+_MAX_NAME_CHARS = 256
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+#: Keyword arguments ``update_prompt`` accepts.
+UPDATABLE = frozenset(
+    {
+        "prompt",
+        "channel_id",
+        "at",
+        "delay",
+        "cron",
+        "timezone",
+        "start_at",
+        "end_at",
+        "max_runs",
+        "misfire_grace_seconds",
+        "metadata",
+    }
+)
+
+
+_last_id = 0
+_id_lock = threading.Lock()
+
+
+def new_prompt_id() -> str:
+    """A 26-character, time-ordered id (48-bit milliseconds + 80 random bits, base32).
+
+    Ids sort by creation time, so the lexicographic indexes list oldest first; within
+    one millisecond a process counts up from its last id (as ULID's monotonic mode).
+    """
+    global _last_id
+    with _id_lock:
+        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+        if value >> 80 == _last_id >> 80 and value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """The schedule part of a request, as given (before it is resolved against a clock)."""
+
+    at: Any = None
+    delay: Any = None
+    cron: Any = None
+    timezone: Any = "UTC"
+    start_at: Any = None
+    end_at: Any = None
+    max_runs: Any = None
+
+
+def check_text(name: str, value: object, *, limit: int, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        kind = "a string or None" if optional else "a string"
+        raise InvalidSchedule(f"{name} must be {kind}, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidSchedule(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidSchedule(f"{name} must be at most {limit:,} characters, got {len(value):,}")
+    return value
+
+
+def check_prompt_id(value: object) -> str:
+    if not isinstance(value, str) or not _PROMPT_ID.match(value):
+        raise InvalidSchedule(
+            "prompt_id must be 1-128 characters of letters, digits and ._:@/+=- "
+            f"starting with a letter or digit, got {value!r}"
+        )
+    return value
+
+
+def check_metadata(value: object, settings: Settings) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSchedule(
+            f"metadata must be a JSON object (a dict with string keys), got {type(value).__name__}"
+        )
+    try:
+        text = json.dumps(dict(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidSchedule(
+            f"metadata must be JSON-serialisable (strings, numbers, booleans, None, lists "
+            f"and dicts with string keys): {exc}"
+        ) from None
+    if any(not isinstance(k, str) for k in value):
+        raise InvalidSchedule("metadata keys must be strings")
+    size = len(text.encode())
+    if size > settings.max_metadata_bytes:
+        raise InvalidSchedule(
+            f"metadata must be at most {settings.max_metadata_bytes:,} bytes of JSON, got {size:,}"
+        )
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def check_grace(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSchedule(
+            f"misfire_grace_seconds must be a number of seconds or None, got {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidSchedule(f"misfire_grace_seconds must be > 0, got {value!r}")
+    return float(value)
+
+
+def _check_bound(name: str, value: object, schedule_tz: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidSchedule(
+                f"{name} must be an ISO-8601 date-time such as '2026-12-31T23:59:00+00:00', "
+                f"got {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise InvalidSchedule(
+            f"{name} must be a datetime or an ISO-8601 string, got {type(value).__name__}"
+        )
+    if value.utcoffset() is None:
+        return localize(value, get_zone(schedule_tz))
+    return value
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    kind: Kind
+    timezone: str
+    next_run_at: datetime | None
+    schedule_time: datetime | None = None
+    cron: CronSchedule | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = None
+
+
+def resolve_schedule(req: ScheduleRequest, now: datetime) -> ResolvedSchedule:
+    """Check a schedule request against ``now`` and compute its first occurrence."""
+    given = [n for n in ("at", "delay", "cron") if getattr(req, n) is not None]
+    if len(given) != 1:
+        what = "none" if not given else " and ".join(given)
+        raise InvalidSchedule(
+            f"give exactly one of at= (a time), delay= (seconds from now) or cron= "
+            f"(a repeating schedule); got {what}"
+        )
+    zone = get_zone(req.timezone)
+    if req.cron is None:
+        for name in ("start_at", "end_at", "max_runs"):
+            if getattr(req, name) is not None:
+                raise InvalidSchedule(
+                    f"{name} bounds a cron schedule; a one-time prompt (at=/delay=) "
+                    "does not take it"
+                )
+        if req.at is not None:
+            when = resolve_at(req.at, zone.key, now)
+        else:
+            when = resolve_delay(req.delay, now)
+        return ResolvedSchedule(Kind.ONCE, zone.key, when, schedule_time=when)
+    cron = parse_cron(req.cron, zone.key)
+    start_at = _check_bound("start_at", req.start_at, zone.key)
+    end_at = _check_bound("end_at", req.end_at, zone.key)
+    max_runs = req.max_runs
+    if max_runs is not None and (
+        isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1
+    ):
+        raise InvalidSchedule(f"max_runs must be an integer >= 1 or None, got {max_runs!r}")
+    if start_at is not None and end_at is not None and end_at <= start_at:
+        raise InvalidSchedule(
+            f"end_at ({end_at.isoformat()}) must be after start_at ({start_at.isoformat()})"
+        )
+    first = first_cron_run(cron, now, start_at=start_at, end_at=end_at)
+    if first is None:
+        raise InvalidSchedule(
+            f"cron {cron.expression!r} in {zone.key} never fires between "
+            f"{(start_at or now).isoformat()} and {end_at.isoformat() if end_at else 'the end'}"
+        )
+    return ResolvedSchedule(
+        Kind.CRON,
+        zone.key,
+        first,
+        cron=cron,
+        start_at=start_at,
+        end_at=end_at,
+        max_runs=max_runs,
+    )
+
+
+def build_prompt(
+    prompt: object,
+    *,
+    user_id: object,
+    platform: object,
+    channel_id: object,
+    schedule: ScheduleRequest,
+    misfire_grace_seconds: object,
+    metadata: object,
+    prompt_id: object,
+    now: datetime,
+    settings: Settings,
+) -> ScheduledPrompt:
+    """Validate a create request and return the new record (version 1)."""
+    text = check_text("prompt", prompt, limit=settings.max_prompt_chars)
+    owner = check_text("user_id", user_id, limit=_MAX_NAME_CHARS)
+    where = check_text("platform", platform, limit=_MAX_NAME_CHARS)
+    channel = check_text("channel_id", channel_id, limit=_MAX_NAME_CHARS, optional=True)
+    pid = new_prompt_id() if prompt_id is None else check_prompt_id(prompt_id)
+    grace = check_grace(misfire_grace_seconds)
+    meta = check_metadata(metadata, settings)
+    resolved = resolve_schedule(schedule, now)
+    assert text is not None and owner is not None and where is not None
+    return ScheduledPrompt(
+        id=pid,
+        prompt=text,
+        user_id=owner,
+        platform=where,
+        channel_id=channel,
+        kind=resolved.kind,
+        status=Status.SCHEDULED if resolved.kind is Kind.ONCE else Status.ACTIVE,
+        created_at=now,
+        updated_at=now,
+        schedule_time=resolved.schedule_time,
+        cron_expression=resolved.cron.expression if resolved.cron else None,
+        timezone=resolved.timezone,
+        next_run_at=resolved.next_run_at,
+        max_runs=resolved.max_runs,
+        start_at=resolved.start_at,
+        end_at=resolved.end_at,
+        misfire_grace_seconds=grace,
+        metadata=meta,
+    )
+
+
+def same_request(existing: ScheduledPrompt, new: ScheduledPrompt, req: ScheduleRequest) -> bool:
+    """Whether an idempotent create (same ``prompt_id``) asks for the stored prompt.
+
+    Compared: prompt, owner, platform, channel and kind, plus ``at``/``cron``/``timezone``
+    where the request gave them; ``delay`` always matches (it is relative to the call).
+    """
+    if (existing.prompt, existing.user_id, existing.platform, existing.channel_id) != (
+        new.prompt,
+        new.user_id,
+        new.platform,
+        new.channel_id,
+    ) or existing.kind is not new.kind:
+        return False
+    if req.at is not None and existing.schedule_time != new.schedule_time:
+        return False
+    if req.cron is not None and existing.cron_expression != new.cron_expression:
+        return False
+    return req.delay is not None or existing.timezone == new.timezone
+
+
+def apply_update(
+    record: ScheduledPrompt, changes: Mapping[str, Any], now: datetime, settings: Settings
+) -> ScheduledPrompt:
+    """The record after ``update_prompt(**changes)``; ``record`` itself if nothing changes."""
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise InvalidSchedule(
+            f"cannot update {', '.join(sorted(unknown))}; updatable fields are "
+            + ", ".join(sorted(UPDATABLE))
+        )
+    new: dict[str, Any] = {}
+    if "prompt" in changes:
+        new["prompt"] = check_text("prompt", changes["prompt"], limit=settings.max_prompt_chars)
+    if "channel_id" in changes:
+        new["channel_id"] = check_text(
+            "channel_id", changes["channel_id"], limit=_MAX_NAME_CHARS, optional=True
+        )
+    if "metadata" in changes:
+        new["metadata"] = check_metadata(changes["metadata"], settings)
+    if "misfire_grace_seconds" in changes:
+        new["misfire_grace_seconds"] = check_grace(changes["misfire_grace_seconds"])
+    schedule_keys = {"at", "delay", "cron", "timezone", "start_at", "end_at", "max_runs"}
+    if schedule_keys & set(changes):
+        new.update(_reschedule(record, changes, now))
+    new = {k: v for k, v in new.items() if getattr(record, k) != v}
+    if not new:
+        return record
+    return record.replace(**new, updated_at=now, version=record.version + 1)
+
+
+def _reschedule(
+    record: ScheduledPrompt, changes: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    timezone = changes.get("timezone", record.timezone)
+    if not {"at", "delay", "cron"} & set(changes):
+        if record.kind is Kind.ONCE:
+            # Only the display timezone (or a cron-only bound) changes for a one-time prompt.
+            resolve_schedule(
+                ScheduleRequest(
+                    delay=0,
+                    timezone=timezone,
+                    **{k: changes.get(k) for k in ("start_at", "end_at", "max_runs")},
+                ),
+                now,
+            )
+            return {"timezone": get_zone(timezone).key}
+        changes = {"cron": record.cron_expression, **changes}
+    cron = changes.get("cron")
+    is_cron = cron is not None or ("at" not in changes and "delay" not in changes)
+    keep = record.kind is Kind.CRON and is_cron
+    req = ScheduleRequest(
+        at=changes.get("at"),
+        delay=changes.get("delay"),
+        cron=cron,
+        timezone=timezone,
+        start_at=changes.get("start_at", record.start_at if keep else None),
+        end_at=changes.get("end_at", record.end_at if keep else None),
+        max_runs=changes.get("max_runs", record.max_runs if keep else None),
+    )
+    resolved = resolve_schedule(req, now)
+    if resolved.max_runs is not None and resolved.max_runs <= record.run_count and keep:
+        raise InvalidSchedule(
+            f"max_runs must be greater than the {record.run_count} runs already made"
+        )
+    live_status = Status.SCHEDULED if resolved.kind is Kind.ONCE else Status.ACTIVE
+    return {
+        "kind": resolved.kind,
+        "status": record.status if record.status is Status.PAUSED else live_status,
+        "timezone": resolved.timezone,
+        "schedule_time": resolved.schedule_time,
+        "cron_expression": resolved.cron.expression if resolved.cron else None,
+        "start_at": resolved.start_at,
+        "end_at": resolved.end_at,
+        "max_runs": resolved.max_runs,
+        "next_run_at": None if record.status is Status.PAUSED else resolved.next_run_at,
+    }

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import scheduled_prompts
+from scheduled_prompts.connection import get_redis
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server started for this test session (never the machine's own)."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """Settings pointed at the suite's server, emptied before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()  # ours alone: the suite started this server
+    client.close()
+    scheduled_prompts.configure(redis_url=redis_server.url)
+    yield redis_server.url
+    scheduled_prompts.configure()
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    """The store's own client (decoded strings), on the emptied test server."""
+    return get_redis()
+
+
+def key_count(client: redis.Redis) -> int:
+    return int(client.dbsize())
