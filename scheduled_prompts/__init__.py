@@ -28,6 +28,16 @@ from .settings import Settings, configure, get_settings
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The Celery app is built on first use, so importing the package stays light.
+    if name in ("app", "celery"):
+        from .celery_app import app  # noqa: PLC0415
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ConflictingPrompt",
     "InvalidSchedule",

@@ -40,7 +40,7 @@ def _matcher(fields: str) -> Callable[[datetime], bool]:
     return matches
 
 
-def reference_fires(
+def reference_fires(  # noqa: PLR0917 - mirrors the schedule's own fields
     fields: str, zone: ZoneInfo, fixed_time: bool, after: datetime, count: int, limit: timedelta
 ) -> list[datetime]:
     """Fire instants strictly after ``after``, found by testing every real minute."""
@@ -58,8 +58,10 @@ def reference_fires(
             # Second pass of a repeated wall time: the same wall time was already seen
             # at an earlier real instant (within the last day).
             if fires:
-                earlier = t + (local.utcoffset() or timedelta()) - (
-                    local.replace(fold=0).utcoffset() or timedelta()
+                earlier = (
+                    t
+                    + (local.utcoffset() or timedelta())
+                    - (local.replace(fold=0).utcoffset() or timedelta())
                 )
                 if earlier < t and earlier.astimezone(zone).replace(tzinfo=None) == wall:
                     fires = False

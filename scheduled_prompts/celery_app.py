@@ -1,0 +1,77 @@
+"""The Celery app: ``celery -A scheduled_prompts worker`` / ``beat``.
+
+Configuration is built from :class:`~scheduled_prompts.settings.Settings` wherever the
+package runs; a ``celeryconfig`` module that is importable (the repository's, or a
+deployment's own) is applied on top.
+"""
+
+from __future__ import annotations
+
+import importlib
+from datetime import timedelta
+from types import ModuleType
+from typing import Any
+
+from celery import Celery
+
+from .settings import Settings, get_settings
+
+
+def celery_config(settings: Settings | None = None) -> dict[str, Any]:
+    """The Celery settings the app runs with, derived from ``settings``."""
+    s = settings or get_settings()
+    return {
+        "broker_url": s.effective_broker_url,
+        "broker_connection_retry_on_startup": True,
+        # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
+        # must outlast the horizon, or the Redis transport redelivers them early.
+        "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "beat_schedule": {
+            "scheduled-prompts-tick": {
+                "task": "scheduled_prompts.tick",
+                "schedule": timedelta(seconds=s.tick_seconds),
+            },
+            "scheduled-prompts-cleanup": {
+                "task": "scheduled_prompts.cleanup",
+                "schedule": timedelta(hours=1),
+                "kwargs": {"days_to_keep": s.cleanup_days},
+            },
+        },
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    celery = Celery("scheduled_prompts")
+    celery.conf.update(celery_config(settings))
+    try:
+        override = importlib.import_module("celeryconfig")
+    except ModuleNotFoundError as exc:
+        if exc.name != "celeryconfig":
+            raise
+    else:
+        # Applied with update() so that it wins over the defaults above (Celery's
+        # config_from_object would sit *under* values set with update()).
+        celery.conf.update(
+            {
+                k: v
+                for k, v in vars(override).items()
+                if k.islower()
+                and not k.startswith("_")
+                and not callable(v)
+                and not isinstance(v, ModuleType)
+            }
+        )
+    return celery
+
+
+app = create_app()
