@@ -26,9 +26,10 @@ class Keys:
     prefix: str = "sp"
 
     def __post_init__(self) -> None:
-        if not self.prefix or self.prefix.endswith(":") or any(c.isspace() for c in self.prefix):
+        p = self.prefix
+        if not p or p.endswith(":") or "::" in p or any(c.isspace() for c in p):
             raise ValueError(
-                f"key prefix must be non-empty, without spaces or a trailing ':', "
+                f"key prefix must be non-empty, without spaces, '::' or a trailing ':', "
                 f"got {self.prefix!r}"
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class ScheduledPrompt:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
+        # The caller's dict is copied so the record cannot change behind its back.
+        object.__setattr__(self, "metadata", copy.deepcopy(self.metadata))
         object.__setattr__(self, "status", Status(self.status))
         for name in _DATETIME_FIELDS:
             value = getattr(self, name)
@@ -135,6 +138,8 @@ class ScheduledPrompt:
                 value = to_iso(value)
             elif isinstance(value, StrEnum):
                 value = value.value
+            elif isinstance(value, dict):
+                value = copy.deepcopy(value)
             out[f.name] = value
         return out
 

@@ -9,7 +9,9 @@ fields from Python (tests, embedding applications) and drops the cached connecti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +70,7 @@ class Settings:
         timeout were shorter than the horizon, the Redis transport would hand the same
         message to another worker before it is due.
         """
-        return int(max(3600.0, 2 * (self.horizon_seconds + self.lease_seconds)))
+        return math.ceil(max(3600.0, 2 * (self.horizon_seconds + self.lease_seconds)))
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
@@ -81,11 +83,14 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         if base == "int":
             return int(text)
         if base == "float":
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
         if base == "tuple[str, ...]":
             return tuple(p.strip() for p in text.split(",") if p.strip())
     except ValueError:
-        accepted = "an integer" if base == "int" else "a number"
+        accepted = "an integer" if base == "int" else "a number (finite)"
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {accepted}") from None
     return text
 
@@ -118,8 +123,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     for name in _NON_NEGATIVE:
         value = values.get(name)
-        if value is not None and value < 0:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 0, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"{ENV_PREFIX}{name.upper()} must be >= 0 and finite, got {value}"
+            )
     return Settings(**values)
 
 
@@ -163,8 +170,9 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
     if parts.password is None:
-        return url
+        return url if query == parts.query else url.replace(parts.query, query)
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:
@@ -172,4 +180,4 @@ def mask_url(url: str) -> str:
     netloc = f"{user}:***@{host}"
     if parts.port is not None:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
