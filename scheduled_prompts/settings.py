@@ -124,9 +124,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     for name in _NON_NEGATIVE:
         value = values.get(name)
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(
-                f"{ENV_PREFIX}{name.upper()} must be >= 0 and finite, got {value}"
-            )
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 0 and finite, got {value}")
     return Settings(**values)
 
 
