@@ -6,23 +6,30 @@ from .api import (
     cancel_prompt,
     cleanup_expired_prompts,
     get_prompt,
+    hydrate_scheduled_prompts,
     list_prompts,
     pause_prompt,
     resume_prompt,
     schedule_many,
     schedule_prompt,
+    tick_scheduled_prompts,
+    trigger_prompt,
     update_prompt,
 )
 from .core import PromptPage
 from .errors import (
     ConflictingPrompt,
+    DeliveryError,
     InvalidSchedule,
+    PermanentDeliveryError,
     PromptError,
     PromptNotFound,
     QuotaExceeded,
+    RunnerNotConfigured,
     StoreUnavailable,
 )
 from .models import Kind, ScheduledPrompt, Status
+from .runners import LogRunner, WebhookRunner, set_bot_runner, verify_signature
 from .schedules import preview_schedule
 from .settings import Settings, configure, get_settings
 
@@ -40,26 +47,36 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ConflictingPrompt",
+    "DeliveryError",
     "InvalidSchedule",
     "Kind",
+    "LogRunner",
+    "PermanentDeliveryError",
     "PromptError",
     "PromptNotFound",
     "PromptPage",
     "QuotaExceeded",
+    "RunnerNotConfigured",
     "ScheduledPrompt",
     "Settings",
     "Status",
     "StoreUnavailable",
+    "WebhookRunner",
     "cancel_prompt",
     "cleanup_expired_prompts",
     "configure",
     "get_prompt",
     "get_settings",
+    "hydrate_scheduled_prompts",
     "list_prompts",
     "pause_prompt",
     "preview_schedule",
     "resume_prompt",
     "schedule_many",
     "schedule_prompt",
+    "set_bot_runner",
+    "tick_scheduled_prompts",
+    "trigger_prompt",
     "update_prompt",
+    "verify_signature",
 ]

@@ -12,9 +12,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import core
+from redis import Redis
+from redis.exceptions import RedisError
+
+from . import core, engine, maintenance
 from ._time import utcnow
-from .connection import context, run
+from .connection import context, get_redis, run, unavailable
 from .core import PromptPage
 from .errors import PromptError
 from .models import ScheduledPrompt, Status
@@ -133,3 +136,43 @@ def cleanup_expired_prompts(redis: Any = None, *, days_to_keep: float = 30) -> s
     except PromptError as exc:
         result = {"error": str(exc)}
     return json.dumps(result)
+
+
+def trigger_prompt(prompt_id: str, *, user_id: str | None = None) -> str:
+    """Deliver a live or paused prompt once more, now; its schedule does not change.
+
+    Counted in ``run_count`` but not against ``max_runs``. Returns the delivery's
+    idempotency key, ``"{id}:trigger:{epoch_ms}"``.
+    """
+    return run(core.trigger(context(), prompt_id, user_id, utcnow()))
+
+
+def tick_scheduled_prompts(
+    redis: Redis | None = None, *, now: datetime | None = None
+) -> dict[str, int]:
+    """Run one tick in this process (what beat's ``scheduled_prompts.tick`` does).
+
+    Returns ``{"promoted": n, "redriven": m}``.
+    """
+    from .tasks import publish  # noqa: PLC0415 - keeps Celery out of plain imports
+
+    try:
+        return engine.tick(redis or get_redis(), context(), publish, now=now)
+    except RedisError as exc:
+        raise unavailable(exc) from exc
+
+
+def hydrate_scheduled_prompts(
+    redis: Redis | None = None,
+    active_platforms: Iterable[str] | None = None,
+    limit: int = 500,
+) -> int:
+    """Hand surviving occurrences to Celery again; returns how many were published."""
+    from .tasks import publish  # noqa: PLC0415
+
+    try:
+        return maintenance.hydrate(
+            redis or get_redis(), context(), publish, active_platforms=active_platforms, limit=limit
+        )
+    except RedisError as exc:
+        raise unavailable(exc) from exc

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, on_reset
 
 
 def celery_config(settings: Settings | None = None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    celery = Celery("scheduled_prompts")
+    celery = Celery("scheduled_prompts", include=["scheduled_prompts.tasks"])
     celery.conf.update(celery_config(settings))
     try:
         override = importlib.import_module("celeryconfig")
@@ -75,3 +75,16 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+def _follow_settings() -> None:
+    # configure() changed the settings: rebuild the config and drop the broker
+    # connections made with the old URL (Celery keeps them in two lazy pools).
+    app.conf.update(celery_config())
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+on_reset(_follow_settings)

@@ -8,10 +8,11 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from .core import Context, Plan
+from .core import Plan
 from .errors import StoreUnavailable
 from .keys import Keys
 from .settings import Settings, get_settings, mask_url, on_reset
+from .store import Context
 
 T = TypeVar("T")
 

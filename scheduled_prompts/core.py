@@ -7,6 +7,8 @@ its result, and finally returns the verb's value. ``api.py`` drives plans with a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,17 +17,19 @@ from typing import Any, TypeVar
 from . import store
 from ._time import to_ms
 from .errors import ConflictingPrompt, InvalidSchedule, PromptNotFound, QuotaExceeded
-from .keys import Keys
 from .models import Kind, ScheduledPrompt, Status
+from .occurrences import Delivery, parse_promoted, promote_op, redrive_delay
 from .schedules import first_cron_run, parse_cron
 from .settings import Settings
-from .store import Put
+from .store import Context, Put
 from .validation import (
     ScheduleRequest,
     apply_update,
     build_prompt,
     same_request,
 )
+
+log = logging.getLogger("scheduled_prompts.core")
 
 T = TypeVar("T")
 Plan = Generator[store.Op, Any, T]
@@ -36,17 +40,50 @@ _CAS_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
-class Context:
-    keys: Keys
-    settings: Settings
-
-
-@dataclass(frozen=True)
 class PromptPage:
     """One page of :func:`list_prompts`: ``next_cursor`` is None on the last page."""
 
     items: list[ScheduledPrompt]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Publish(store.Op):
+    """Hand occurrences to Celery. A broker that is down is logged, not raised: the
+    occurrences are already in flight in Redis, and tick re-drives them."""
+
+    deliveries: Sequence[Delivery]
+
+    def run(self, redis: Any) -> int:
+        from .tasks import publish  # noqa: PLC0415 - keeps Celery out of plain imports
+
+        try:
+            publish(self.deliveries)
+        except Exception as exc:  # kombu raises many kinds of connection errors
+            log.warning(
+                "could not publish %d delivery task(s) (%s); tick will re-drive them",
+                len(self.deliveries),
+                exc,
+            )
+            return 0
+        return len(self.deliveries)
+
+    async def arun(self, redis: Any) -> int:
+        return await asyncio.to_thread(self.run, redis)
+
+
+def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
+    """Enqueue at once the written prompts due within the horizon (instead of at the next
+    tick), so a prompt scheduled seconds ahead still fires on time."""
+    horizon = now + timedelta(seconds=ctx.settings.horizon_seconds)
+    ids = [r.id for r in records if r.is_live and r.next_run_at and r.next_run_at <= horizon]
+    published = 0
+    for i in range(0, len(ids), BATCH):
+        rows = yield promote_op(ctx, now, ids[i : i + BATCH])
+        deliveries = parse_promoted(rows)
+        if deliveries:
+            published += yield Publish(deliveries)
+    return published
 
 
 SCHEDULE_ARGS = (
@@ -127,6 +164,7 @@ def schedule(ctx: Context, spec: Mapping[str, Any], now: datetime) -> Plan[Sched
     outcome = _check_put(result, ctx)
     if outcome == "exists":  # created concurrently under the same prompt_id
         return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
+    yield from promote_now(ctx, [record], now)
     return record
 
 
@@ -204,6 +242,7 @@ def schedule_many(
                 f"schedule_many raced another writer: {detail}; {written} of "
                 f"{len(to_write)} prompts were written (batches of {BATCH})"
             )
+        yield from promote_now(ctx, to_write, now)
     return out
 
 
@@ -293,6 +332,7 @@ def _mutate(
             return record
         result = yield store.put_op(ctx.keys, [Put(new, raw, record)], None)
         if str(result[0]) == "ok":
+            yield from promote_now(ctx, [new], new.updated_at)
             return new
     raise ConflictingPrompt(f"prompt {prompt_id!r} kept changing; try again")
 
@@ -414,3 +454,22 @@ def cleanup(ctx: Context, days_to_keep: object, now: datetime) -> Plan[dict[str,
         "days_kept": days_to_keep,
         "deleted": deleted,
     }
+
+
+def trigger(ctx: Context, prompt_id: str, user_id: str | None, now: datetime) -> Plan[str]:
+    """One extra delivery now; returns its idempotency key ``{id}:trigger:{epoch_ms}``."""
+    if not isinstance(prompt_id, str):
+        raise PromptNotFound(repr(prompt_id))
+    key = ctx.keys.prompt(prompt_id)
+    (raw,) = yield store.Read([key])
+    record = store.parse_record(key, raw)
+    if record is None or (user_id is not None and record.user_id != user_id):
+        raise PromptNotFound(prompt_id)
+    if record.status.is_terminal:
+        raise _refuse(record, "trigger")
+    delivery = Delivery(prompt_id, to_ms(now), trigger=True)
+    # In flight first, then published: if the broker is down, tick re-drives it.
+    deadline = to_ms(now) + redrive_delay(ctx)
+    yield store.Eval(store.TRACK, [ctx.keys.inflight], [deadline, delivery.key])
+    yield Publish([delivery])
+    return delivery.key

@@ -55,3 +55,23 @@ class StoreUnavailable(PromptError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"Redis at {url} is unavailable: {reason}")
+
+
+class RunnerNotConfigured(PromptError):
+    """A worker has no runner for a prompt's platform; the occurrence stays pending."""
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+        super().__init__(
+            f"no runner for platform {platform!r}: set SCHEDULED_PROMPTS_RUNNER="
+            "'pkg.module:attr' (loaded in each worker) or call set_bot_runner(runner) "
+            "in the worker process; the occurrence stays pending until then"
+        )
+
+
+class DeliveryError(PromptError):
+    """A runner could not deliver now; the delivery is retried with backoff."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A runner refused the delivery for good (e.g. HTTP 4xx): it is not retried."""

@@ -11,7 +11,15 @@ key                        type     holds
 ``P:user:{user_id}``       zset     one user's ids, score 0: listing is O(that user)
 ``P:open``                 hash     user_id -> count of live + paused prompts (quota)
 ``P:finished``             zset     terminal prompts, scored by finish time (epoch ms)
+``P:inflight``             zset     occurrences handed to Celery, by re-drive deadline
+``P:lease:{occurrence}``   string   a delivery's claim (token), expires after the lease
+``P:done:{occurrence}``    string   a delivered trigger (its schedule does not move)
+``P:lock:hydrate``         string   hydration lock (token), expires by itself
+``P:beat``                 string   epoch ms of the last tick (for ``doctor``)
 =========================  =======  ====================================================
+
+``{occurrence}`` is an idempotency key: ``{prompt_id}:{epoch_ms}``, or
+``{prompt_id}:trigger:{epoch_ms}`` for a :func:`trigger_prompt` delivery.
 """
 
 from __future__ import annotations
@@ -58,3 +66,21 @@ class Keys:
     @property
     def finished(self) -> str:
         return f"{self.prefix}:finished"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    def lease(self, idempotency_key: str) -> str:
+        return f"{self.prefix}:lease:{idempotency_key}"
+
+    def done(self, idempotency_key: str) -> str:
+        return f"{self.prefix}:done:{idempotency_key}"
+
+    @property
+    def hydrate_lock(self) -> str:
+        return f"{self.prefix}:lock:hydrate"
+
+    @property
+    def beat(self) -> str:
+        return f"{self.prefix}:beat"

@@ -92,6 +92,8 @@ class ScheduledPrompt:
     failure_count: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     version: int = 1
+    #: Deliveries made by ``trigger_prompt``: counted in ``run_count``, not in ``max_runs``.
+    trigger_count: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
@@ -118,8 +120,13 @@ class ScheduledPrompt:
                 raise ValueError("a cron prompt is 'active', never 'scheduled'")
         if self.status.is_live and self.next_run_at is None:
             raise ValueError(f"a {self.status} prompt needs next_run_at")
-        if self.run_count < 0 or self.failure_count < 0 or self.version < 1:
-            raise ValueError("run_count and failure_count are >= 0, version >= 1")
+        if min(self.run_count, self.failure_count, self.trigger_count) < 0 or self.version < 1:
+            raise ValueError("run_count, failure_count, trigger_count are >= 0, version >= 1")
+
+    @property
+    def scheduled_runs(self) -> int:
+        """Runs counted against ``max_runs`` (deliveries other than triggers)."""
+        return self.run_count - self.trigger_count
 
     @property
     def is_live(self) -> bool:

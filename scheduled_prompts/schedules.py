@@ -43,8 +43,8 @@ MACROS = {
 
 _FIELDS_HELP = (
     "5 fields: minute (0-59) hour (0-23) day-of-month (1-31, L, W) month (1-12 or "
-    "JAN-DEC) day-of-week (0-6 or SUN-SAT, L, #), e.g. '0 9 * * 1-5', or one of "
-    + ", ".join(MACROS)
+    "JAN-DEC) day-of-week (0-6 or SUN-SAT, 5L = last Friday, 1#2 = second Monday), "
+    "e.g. '0 9 * * 1-5', or one of " + ", ".join(MACROS)
 )
 # 'H' (hashed) and 'R' (random) are croniter extensions; a bare letter token is one of
 # them, while month and weekday names (MAR, THU) contain the letters inside a word.
@@ -52,6 +52,8 @@ _EXTENSION_TOKEN = re.compile(r"(?<![A-Za-z])([HhRr])(?![A-Za-z])")
 # The largest backward jump of a zone's offset we look for around an instant. Real DST
 # shifts are at most 2 h; the window leaves room for rarer offset changes.
 _SHIFT_WINDOW = timedelta(hours=26)
+# "5L" (last Friday, as in Quartz and most cron docs) is spelled "L5" by croniter.
+_LAST_WEEKDAY = re.compile(r"(?<![0-9#])([0-7])L\b")
 _EQUAL_RANGE = re.compile(r"^([A-Za-z0-9]+)-([A-Za-z0-9]+)(?:/\d+)?$")
 _ONE_MINUTE = timedelta(minutes=1)
 
@@ -174,6 +176,7 @@ def parse_cron(expression: object, timezone: object = "UTC") -> CronSchedule:
                 f"cron {text!r} uses '{match.group(1)}' (hashed/random values), which is "
                 f"not supported; use explicit values: {_FIELDS_HELP}"
             )
+        parts[4] = _LAST_WEEKDAY.sub(r"L\1", parts[4])
         fields = " ".join(_collapse_equal_ranges(part) for part in parts)
     try:
         probe = croniter(fields, datetime(2000, 1, 1), ret_type=datetime)
@@ -285,7 +288,7 @@ def preview_schedule(
     elif not isinstance(start, datetime):
         raise InvalidSchedule(f"start must be a datetime, got {type(start).__name__}")
     elif start.utcoffset() is None:
-        start = start.replace(tzinfo=schedule.zone)
+        start = localize(start, schedule.zone)
     out: list[datetime] = []
     for instant in schedule.iter_after(start):
         if len(out) == count:

@@ -21,12 +21,21 @@ from redis.exceptions import NoScriptError
 from ._time import to_ms
 from .keys import Keys
 from .models import RecordError, ScheduledPrompt
+from .settings import Settings
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.asyncio import Redis as AsyncRedis
 
 log = logging.getLogger("scheduled_prompts.store")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every store operation needs: the key names and the settings."""
+
+    keys: Keys
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,28 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
+# Writes one record and every index entry derived from it. Shared by PUT and COMMIT so
+# the indexes are maintained by exactly one piece of code.
+_WRITE_RECORD = """
+local function write_record(ids, due, finished, open, rkey, ukey, id, user, json, due_score,
+                            fin_score, delta)
+  redis.call('SET', rkey, json)
+  redis.call('ZADD', ids, 0, id)
+  redis.call('ZADD', ukey, 0, id)
+  if due_score ~= '' then redis.call('ZADD', due, due_score, id)
+  else redis.call('ZREM', due, id) end
+  if fin_score ~= '' then redis.call('ZADD', finished, fin_score, id)
+  else redis.call('ZREM', finished, id) end
+  delta = tonumber(delta)
+  if delta ~= 0 and redis.call('HINCRBY', open, user, delta) <= 0 then
+    redis.call('HDEL', open, user)
+  end
+end
+"""
+
 PUT = Script(
-    """
+    _WRITE_RECORD
+    + """
 -- Writes a batch of records and their index entries, all or nothing.
 -- KEYS: ids, due, finished, open-counts, then per record: record key, user index key.
 -- ARGV: quota ('' = none), then per record 7 values:
@@ -74,22 +103,136 @@ if quota ~= '' then
 end
 for i = 1, n do
   local a = 1 + (i - 1) * 7
-  local id = ARGV[a + 1]
-  redis.call('SET', KEYS[3 + 2 * i], ARGV[a + 4])
-  redis.call('ZADD', KEYS[1], 0, id)
-  redis.call('ZADD', KEYS[4 + 2 * i], 0, id)
-  if ARGV[a + 5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[a + 5], id)
-  else redis.call('ZREM', KEYS[2], id) end
-  if ARGV[a + 6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[a + 6], id)
-  else redis.call('ZREM', KEYS[3], id) end
-  local delta = tonumber(ARGV[a + 7])
-  if delta ~= 0 then
-    if redis.call('HINCRBY', KEYS[4], ARGV[a + 2], delta) <= 0 then
-      redis.call('HDEL', KEYS[4], ARGV[a + 2])
-    end
-  end
+  write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[3 + 2 * i], KEYS[4 + 2 * i],
+               ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
 end
 return {'ok'}
+"""
+)
+
+COMMIT = Script(
+    _WRITE_RECORD
+    + """
+-- Records the outcome of a delivery: the new record, and the end of the occurrence's
+-- claim, in one step. Compare-and-set against the JSON the deliverer read.
+-- KEYS: ids, due, finished, open-counts, record, user index, lease, done, inflight.
+-- ARGV: expected JSON, id, user_id, new JSON, due score, finished score, open delta,
+--       lease token, idempotency key, done TTL ms ('' = no done marker).
+-- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
+-- leaves the in-flight set, and (triggers) the done marker is set.
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 'changed' end
+write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4],
+             ARGV[5], ARGV[6], ARGV[7])
+if redis.call('GET', KEYS[7]) == ARGV[8] then redis.call('DEL', KEYS[7]) end
+redis.call('ZREM', KEYS[9], ARGV[9])
+if ARGV[10] ~= '' then redis.call('SET', KEYS[8], '1', 'PX', ARGV[10]) end
+return 'ok'
+"""
+)
+
+CLAIM = Script(
+    """
+-- Claims one occurrence for delivery. Guarantees: at most one holder of a lease at a
+-- time; a claim succeeds only while the record still schedules this occurrence (live,
+-- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
+-- the trigger was not delivered before.
+-- KEYS: record, lease, done, inflight.
+-- ARGV: expected next_run_at ISO ('' for a trigger), token, lease ms, idempotency key,
+--       re-drive deadline ms.
+-- Returns {'ok', record JSON} | {'busy', lease pttl} | {'stale'} | {'gone'} | {'done'}.
+local raw = redis.call('GET', KEYS[1])
+if not raw then redis.call('ZREM', KEYS[4], ARGV[4]); return {'gone'} end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZREM', KEYS[4], ARGV[4]); return {'done'}
+end
+local ok, rec = pcall(cjson.decode, raw)
+if not ok or type(rec) ~= 'table' then return {'stale'} end
+local live = rec.status == 'scheduled' or rec.status == 'active'
+if ARGV[1] == '' then live = live or rec.status == 'paused'
+else live = live and rec.next_run_at == ARGV[1] end
+if not live then redis.call('ZREM', KEYS[4], ARGV[4]); return {'stale'} end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'busy', redis.call('PTTL', KEYS[2])}
+end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+return {'ok', raw}
+"""
+)
+
+RELEASE = Script(
+    """
+-- Gives a claim back (the runner failed or is missing): deletes the lease only if the
+-- token is ours, and moves the occurrence's re-drive deadline ('' = keep it).
+-- KEYS: lease, inflight. ARGV: token, idempotency key, deadline ms.
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2]) end
+return 1
+"""
+)
+
+PROMOTE = Script(
+    """
+-- Moves occurrences due by ARGV[1] from the due index to the in-flight set, so each is
+-- handed to Celery once. An occurrence already in flight is not returned again.
+-- KEYS: due, inflight. ARGV: until ms, limit, re-drive delay ms, [ids...].
+-- With ids, only those are considered (a just-written prompt); else the earliest due.
+-- Returns a flat list: id, occurrence ms, id, occurrence ms, ...
+local until_ms = tonumber(ARGV[1])
+local rows
+if #ARGV > 3 then
+  rows = {}
+  for i = 4, #ARGV do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= until_ms then
+      rows[#rows + 1] = ARGV[i]; rows[#rows + 1] = score
+    end
+  end
+else
+  rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', until_ms, 'WITHSCORES', 'LIMIT', 0,
+                    ARGV[2])
+end
+local out = {}
+for i = 1, #rows, 2 do
+  local id, score = rows[i], rows[i + 1]
+  redis.call('ZREM', KEYS[1], id)
+  local key = id .. ':' .. string.format('%d', tonumber(score))
+  if not redis.call('ZSCORE', KEYS[2], key) then
+    redis.call('ZADD', KEYS[2], tonumber(score) + tonumber(ARGV[3]), key)
+    out[#out + 1] = id; out[#out + 1] = string.format('%d', tonumber(score))
+  end
+end
+return out
+"""
+)
+
+TRACK = Script(
+    """
+-- Puts one occurrence in flight (a trigger) unless it is there already.
+-- KEYS: inflight. ARGV: deadline ms, idempotency key.
+return redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+"""
+)
+
+REDRIVE = Script(
+    """
+-- Takes occurrences whose re-drive deadline passed (their task was lost, or their
+-- deliverer died) and moves each deadline to ARGV[3], so one tick re-drives each.
+-- KEYS: inflight. ARGV: now ms, limit, new deadline ms. Returns the idempotency keys.
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, key in ipairs(rows) do redis.call('ZADD', KEYS[1], ARGV[3], key) end
+return rows
+"""
+)
+
+LOCK = Script(
+    """
+-- Token-checked lock. KEYS: lock. ARGV: token, ttl ms ('' = release).
+if ARGV[2] == '' then
+  if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 """
 )
 

@@ -1,0 +1,63 @@
+"""Occurrences as the engine hands them around: keys, promotion, re-drive deadlines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import store
+from ._time import from_ms, to_ms
+from .store import Context
+
+#: Extra time past the lease before an unfinished occurrence is re-driven.
+REDRIVE_SLACK = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One occurrence to hand to a ``deliver`` task."""
+
+    prompt_id: str
+    occurrence_ms: int
+    trigger: bool = False
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: ``{id}:{ms}`` or ``{id}:trigger:{ms}``."""
+        middle = ":trigger" if self.trigger else ""
+        return f"{self.prompt_id}{middle}:{self.occurrence_ms}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Delivery:
+        head, _, ms = key.rpartition(":")
+        if head.endswith(":trigger"):
+            return cls(head[: -len(":trigger")], int(ms), trigger=True)
+        return cls(head, int(ms))
+
+    @property
+    def eta(self) -> datetime:
+        return from_ms(self.occurrence_ms)
+
+
+Publish = Callable[[Sequence[Delivery]], None]
+
+
+def redrive_delay(ctx: Context) -> int:
+    """Milliseconds after an occurrence (or a claim) before it may be re-driven."""
+    return int((ctx.settings.lease_seconds + REDRIVE_SLACK.total_seconds()) * 1000)
+
+
+def promote_op(
+    ctx: Context, now: datetime, ids: Sequence[str] = (), limit: int = 1000
+) -> store.Eval:
+    """The PROMOTE call for occurrences due within the horizon (only ``ids`` if given)."""
+    until = to_ms(now) + int(ctx.settings.horizon_seconds * 1000)
+    return store.Eval(
+        store.PROMOTE, [ctx.keys.due, ctx.keys.inflight], [until, limit, redrive_delay(ctx), *ids]
+    )
+
+
+def parse_promoted(rows: Sequence[Any]) -> list[Delivery]:
+    return [Delivery(str(rows[i]), int(rows[i + 1])) for i in range(0, len(rows), 2)]
