@@ -26,6 +26,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
         # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
         # must outlast the horizon, or the Redis transport redelivers them early.
         "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
+        "task_default_queue": s.queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

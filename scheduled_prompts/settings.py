@@ -33,6 +33,9 @@ class Settings:
         None, "Celery broker; unset means the same Redis as `redis_url`."
     )
     key_prefix: str = _setting("sp", "Prefix of every Redis key the store writes.")
+    queue: str = _setting(
+        "scheduled-prompts", "Celery queue the tasks are sent to and workers consume."
+    )
     runner: str | None = _setting(
         None, "Import path `pkg.module:attr` of the runner each worker loads."
     )

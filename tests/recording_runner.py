@@ -1,0 +1,51 @@
+"""A runner for end-to-end tests: appends one JSON line per call to a file.
+
+``SP_TEST_RECORD_FILE`` names the file; ``SP_TEST_RUNNER_SLEEP`` (seconds) makes each
+call take that long, so a test can kill a worker while deliveries are in flight. Each
+call writes a ``start`` line before the pause and an ``end`` line after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+
+def _append(event: str, payload: dict[str, Any]) -> None:
+    line = json.dumps(
+        {
+            "event": event,
+            "key": payload["idempotency_key"],
+            "prompt_id": payload["prompt_id"],
+            "occurrence": payload["occurrence"],
+            "lateness": payload["lateness_seconds"],
+            "attempt": payload["attempt"],
+            "at": time.time(),
+            "pid": os.getpid(),
+        }
+    )
+    # One write of a short line with O_APPEND: lines from several processes never mix.
+    fd = os.open(os.environ["SP_TEST_RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class RecordingRunner:
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        _append("start", payload)
+        pause = float(os.environ.get("SP_TEST_RUNNER_SLEEP", "0"))
+        if pause:
+            time.sleep(pause)
+        _append("end", payload)
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
