@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Deliveries are logged by LogRunner unless SCHEDULED_PROMPTS_RUNNER names another runner.
 run: $(STAMP)
-	$(BIN)/celery -A scheduled_prompts worker --beat --loglevel=INFO
+	SCHEDULED_PROMPTS_RUNNER="$${SCHEDULED_PROMPTS_RUNNER:-scheduled_prompts.runners:LogRunner}" \
+		$(BIN)/celery -A scheduled_prompts worker --beat --loglevel=INFO
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
