@@ -7,125 +7,50 @@ as not found.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import core, engine, maintenance
+from . import core, engine, maintenance, verbs
 from ._time import utcnow
 from .connection import context, get_redis, run, unavailable
-from .core import PromptPage
+from .core import Plan
 from .errors import PromptError
-from .models import ScheduledPrompt, Status
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def schedule_prompt(
-    prompt: str,
-    *,
-    user_id: str,
-    platform: str,
-    channel_id: str | None = None,
-    at: datetime | str | None = None,
-    delay: float | timedelta | None = None,
-    cron: str | None = None,
-    timezone: str = "UTC",
-    start_at: datetime | str | None = None,
-    end_at: datetime | str | None = None,
-    max_runs: int | None = None,
-    misfire_grace_seconds: float | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    prompt_id: str | None = None,
-) -> ScheduledPrompt:
-    """Store a prompt to fire once (``at=`` or ``delay=``) or on a ``cron=`` schedule.
+def _sync(factory: Callable[P, Plan[T]]) -> Callable[P, T]:
+    @functools.wraps(factory)
+    def verb(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run(factory(*args, **kwargs))
 
-    ``prompt_id`` makes the call idempotent: repeating it with the same arguments returns
-    the stored prompt unchanged; different arguments raise ``ConflictingPrompt``.
-    """
-    spec = {
-        "prompt": prompt,
-        "user_id": user_id,
-        "platform": platform,
-        "channel_id": channel_id,
-        "at": at,
-        "delay": delay,
-        "cron": cron,
-        "timezone": timezone,
-        "start_at": start_at,
-        "end_at": end_at,
-        "max_runs": max_runs,
-        "misfire_grace_seconds": misfire_grace_seconds,
-        "metadata": metadata,
-        "prompt_id": prompt_id,
-    }
-    return run(core.schedule(context(), spec, utcnow()))
-
-
-def schedule_many(specs: Iterable[Mapping[str, Any]]) -> list[ScheduledPrompt]:
-    """Store many prompts: each spec holds ``schedule_prompt``'s arguments as a dict.
-
-    Every spec is validated before anything is written (one bad spec rejects the call,
-    naming its index); the writes are pipelined in batches.
-    """
-    return run(core.schedule_many(context(), list(specs), utcnow()))
-
-
-def get_prompt(prompt_id: str) -> ScheduledPrompt | None:
-    """The prompt with this id, or None."""
-    return run(core.get(context(), prompt_id))
-
-
-def list_prompts(
-    *,
-    user_id: str | None = None,
-    platform: str | None = None,
-    status: Status | str | Iterable[Status | str] | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-) -> PromptPage:
-    """A page of prompts, oldest first; pass ``next_cursor`` back for the next page.
-
-    With ``user_id`` the cost is proportional to that user's prompts only.
-    """
-    return run(
-        core.list_page(
-            context(),
-            user_id=user_id,
-            platform=platform,
-            status=status,
-            limit=limit,
-            cursor=cursor,
-        )
+    # Show the verb's parameters, not the factory's Plan return type.
+    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
+        return_annotation=inspect.Signature.empty
     )
+    return verb
 
 
-def cancel_prompt(prompt_id: str, *, user_id: str | None = None) -> ScheduledPrompt:
-    """Cancel a live or paused prompt; a pending delivery will not happen."""
-    return run(core.cancel(context(), prompt_id, user_id, utcnow()))
+schedule_prompt = _sync(verbs.schedule_prompt)
+schedule_many = _sync(verbs.schedule_many)
+get_prompt = _sync(verbs.get_prompt)
+list_prompts = _sync(verbs.list_prompts)
+cancel_prompt = _sync(verbs.cancel_prompt)
+pause_prompt = _sync(verbs.pause_prompt)
+resume_prompt = _sync(verbs.resume_prompt)
+update_prompt = _sync(verbs.update_prompt)
+trigger_prompt = _sync(verbs.trigger_prompt)
 
 
-def pause_prompt(prompt_id: str, *, user_id: str | None = None) -> ScheduledPrompt:
-    """Stop a prompt from firing until :func:`resume_prompt`."""
-    return run(core.pause(context(), prompt_id, user_id, utcnow()))
-
-
-def resume_prompt(prompt_id: str, *, user_id: str | None = None) -> ScheduledPrompt:
-    """Resume a paused prompt; its next run is computed from now (no burst of misses)."""
-    return run(core.resume(context(), prompt_id, user_id, utcnow()))
-
-
-def update_prompt(prompt_id: str, *, user_id: str | None = None, **changes: Any) -> ScheduledPrompt:
-    """Change a live or paused prompt in place (text, schedule, bounds, metadata…).
-
-    A rescheduled prompt's old occurrence never fires.
-    """
-    return run(core.update(context(), prompt_id, user_id, changes, utcnow()))
-
-
-def cleanup_expired_prompts(redis: Any = None, *, days_to_keep: float = 30) -> str:
+def cleanup_expired_prompts(redis: Redis | None = None, *, days_to_keep: float = 30) -> str:
     """Delete executed, cancelled and failed prompts older than ``days_to_keep`` days.
 
     Returns JSON: ``{"success": true, "message", "days_kept", "deleted"}`` or
@@ -136,15 +61,6 @@ def cleanup_expired_prompts(redis: Any = None, *, days_to_keep: float = 30) -> s
     except PromptError as exc:
         result = {"error": str(exc)}
     return json.dumps(result)
-
-
-def trigger_prompt(prompt_id: str, *, user_id: str | None = None) -> str:
-    """Deliver a live or paused prompt once more, now; its schedule does not change.
-
-    Counted in ``run_count`` but not against ``max_runs``. Returns the delivery's
-    idempotency key, ``"{id}:trigger:{epoch_ms}"``.
-    """
-    return run(core.trigger(context(), prompt_id, user_id, utcnow()))
 
 
 def tick_scheduled_prompts(

@@ -67,8 +67,15 @@ def load_runner(path: str) -> Runner:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"SCHEDULED_PROMPTS_RUNNER={path!r} cannot be imported: {exc}") from exc
-    if not callable(getattr(target, "handle_webhook", None)) or inspect.isclass(target):
-        target = target()
+    if inspect.isclass(target) or (
+        callable(target) and not callable(getattr(target, "handle_webhook", None))
+    ):
+        try:
+            target = target()
+        except Exception as exc:
+            raise ValueError(
+                f"SCHEDULED_PROMPTS_RUNNER={path!r} could not be created: {exc}"
+            ) from exc
     if not callable(getattr(target, "handle_webhook", None)):
         raise ValueError(f"SCHEDULED_PROMPTS_RUNNER={path!r} has no handle_webhook(payload)")
     return target  # type: ignore[no-any-return]

@@ -1,0 +1,115 @@
+"""The public API as coroutines, for bots that live in an event loop (SPEC §4).
+
+Same verbs, same semantics, same errors as :mod:`scheduled_prompts.api` — the very same
+plans (``verbs.py``), driven by ``redis.asyncio``. Publishing Celery messages for
+prompts due soon happens in a thread, so it never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+
+from . import core, verbs
+from ._time import utcnow
+from .connection import client_kwargs, context, unavailable
+from .core import Plan
+from .errors import PromptError, StoreUnavailable
+from .settings import get_settings, mask_url, on_reset
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# redis.asyncio connections belong to the loop that opened them: one client per loop.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_async_redis() -> AsyncRedis:
+    """The ``redis.asyncio`` client of the running loop for the configured Redis URL."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        settings = get_settings()
+        try:
+            client = AsyncRedis.from_url(settings.redis_url, **client_kwargs(settings))
+        except ValueError as exc:
+            raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+        _clients[loop] = client
+    return client
+
+
+on_reset(_clients.clear)
+
+
+async def arun(plan: Plan[T], client: AsyncRedis | None = None) -> T:
+    """Drive a plan to completion on an asyncio client."""
+    client = client or get_async_redis()
+    try:
+        op = next(plan)
+        while True:
+            try:
+                result = await op.arun(client)
+            except RedisError as exc:
+                raise unavailable(exc) from exc
+            op = plan.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def _async(factory: Callable[P, Plan[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(factory)
+    async def verb(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await arun(factory(*args, **kwargs))
+
+    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
+        return_annotation=inspect.Signature.empty
+    )
+    return verb
+
+
+schedule_prompt = _async(verbs.schedule_prompt)
+schedule_many = _async(verbs.schedule_many)
+get_prompt = _async(verbs.get_prompt)
+list_prompts = _async(verbs.list_prompts)
+cancel_prompt = _async(verbs.cancel_prompt)
+pause_prompt = _async(verbs.pause_prompt)
+resume_prompt = _async(verbs.resume_prompt)
+update_prompt = _async(verbs.update_prompt)
+trigger_prompt = _async(verbs.trigger_prompt)
+
+
+async def cleanup_expired_prompts(
+    redis: AsyncRedis | None = None, *, days_to_keep: float = 30
+) -> str:
+    """Coroutine form of :func:`scheduled_prompts.cleanup_expired_prompts` (JSON result)."""
+    try:
+        result = await arun(core.cleanup(context(), days_to_keep, utcnow()), redis)
+    except PromptError as exc:
+        result = {"error": str(exc)}
+    return json.dumps(result)
+
+
+__all__ = [
+    "arun",
+    "cancel_prompt",
+    "cleanup_expired_prompts",
+    "get_async_redis",
+    "get_prompt",
+    "list_prompts",
+    "pause_prompt",
+    "resume_prompt",
+    "schedule_many",
+    "schedule_prompt",
+    "trigger_prompt",
+    "update_prompt",
+]
