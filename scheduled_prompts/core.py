@@ -153,26 +153,31 @@ def _existing_or_conflict(
     return stored
 
 
-def schedule(ctx: Context, spec: Mapping[str, Any], now: datetime) -> Plan[ScheduledPrompt]:
+def schedule(
+    ctx: Context, spec: Mapping[str, Any], now: datetime, *, quota: int | None = None
+) -> Plan[ScheduledPrompt]:
+    """Create one prompt. ``quota`` tightens MAX_PROMPTS_PER_USER for this call (tools)."""
     record, req = build_from_spec(spec, now, ctx.settings)
+    limits = [q for q in (quota, ctx.settings.max_prompts_per_user) if q is not None]
+    limit = min(limits) if limits else None
     key = ctx.keys.prompt(record.id)
     if spec.get("prompt_id") is not None:
         (raw,) = yield store.Read([key])
         if raw is not None:
             return _existing_or_conflict(store.parse_record(key, raw), record, req)
-    result = yield store.put_op(ctx.keys, [Put(record, None)], ctx.settings.max_prompts_per_user)
-    outcome = _check_put(result, ctx)
+    result = yield store.put_op(ctx.keys, [Put(record, None)], limit)
+    outcome = _check_put(result, limit)
     if outcome == "exists":  # created concurrently under the same prompt_id
         return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
     yield from promote_now(ctx, [record], now)
     return record
 
 
-def _check_put(result: Sequence[Any], ctx: Context) -> str:
+def _check_put(result: Sequence[Any], limit: int | None) -> str:
     outcome = str(result[0])
     if outcome == "quota":
-        assert ctx.settings.max_prompts_per_user is not None
-        raise QuotaExceeded(str(result[1]), ctx.settings.max_prompts_per_user)
+        assert limit is not None
+        raise QuotaExceeded(str(result[1]), limit)
     return outcome
 
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from ._time import truncate_ms, utcnow
+from ._time import to_iso, truncate_ms, utcnow
 from .errors import InvalidSchedule
 
 MAX_CRON_CHARS = 100
@@ -223,8 +223,8 @@ def resolve_at(at: object, timezone: object, now: datetime) -> datetime:
     instant = truncate_ms(instant)
     if instant < truncate_ms(now):
         raise InvalidSchedule(
-            f"at is in the past ({instant.isoformat()} is before now, "
-            f"{truncate_ms(now).isoformat()}); give a future time or use delay="
+            f"at is in the past ({to_iso(instant)} is before now, {to_iso(now)}); "
+            "give a future time, with its UTC offset"
         )
     return instant
 

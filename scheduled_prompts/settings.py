@@ -57,6 +57,16 @@ class Settings:
     max_prompts_per_user: int | None = _setting(
         None, "Most live and paused prompts one user may have; unset means no limit."
     )
+    tool_max_active_prompts: int = _setting(
+        25, "LLM tools: most live and paused prompts one user may have."
+    )
+    tool_min_cron_interval_seconds: float = _setting(
+        300.0, "LLM tools: shortest allowed time between two runs of a cron prompt."
+    )
+    tool_max_prompt_chars: int = _setting(4_000, "LLM tools: longest prompt text accepted.")
+    tool_max_days_ahead: float = _setting(
+        366.0, "LLM tools: farthest a one-time prompt may be scheduled, in days."
+    )
     redis_timeout_seconds: float = _setting(
         5.0, "Socket connect and read timeout of the store's Redis connections."
     )
@@ -109,6 +119,10 @@ _NON_NEGATIVE = {
     "max_metadata_bytes",
     "max_prompts_per_user",
     "redis_timeout_seconds",
+    "tool_max_active_prompts",
+    "tool_min_cron_interval_seconds",
+    "tool_max_prompt_chars",
+    "tool_max_days_ahead",
 }
 
 
