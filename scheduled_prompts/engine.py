@@ -51,11 +51,12 @@ def tick(
     now = now or utcnow()
     promoted = 0
     while True:
-        batch = parse_promoted(promote_op(ctx, now).run(client))
+        rows = promote_op(ctx, now, limit=1000).run(client)
+        batch = parse_promoted(rows)
         if batch:
             publish(batch)
         promoted += len(batch)
-        if len(batch) < 1000:
+        if int(rows[0]) < 1000:  # the due index has nothing more within the horizon
             break
     redriven = 0
     deadline = to_ms(now) + redrive_delay(ctx)
@@ -90,6 +91,8 @@ class Result:
     retry_in: float = 0.0
     error: str | None = None
     record: ScheduledPrompt | None = None
+    #: The occurrence delivered (after coalescing); retries pass it back unchanged.
+    occurrence_ms: int | None = None
 
 
 def backoff(attempt: int) -> float:
@@ -103,9 +106,14 @@ def deliver(
     delivery: Delivery,
     *,
     attempt: int = 1,
+    coalesced_ms: int | None = None,
     now: datetime | None = None,
 ) -> Result:
-    """Deliver one occurrence: claim, re-check, call the runner, commit."""
+    """Deliver one occurrence: claim, re-check, call the runner, commit.
+
+    ``coalesced_ms`` is the occurrence a first attempt chose when coalescing; a retry
+    passes it so its payload (and idempotency key) stays that of the first attempt.
+    """
     now = now or utcnow()
     token = secrets.token_hex(8)
     lease_ms = int(ctx.settings.lease_seconds * 1000)
@@ -135,13 +143,16 @@ def deliver(
         return Result(Outcome.SKIPPED, error=str(exc))
     claim_ctx = _Claim(client, ctx, delivery, token, now)
     occurrence = from_ms(delivery.occurrence_ms)
-    if not delivery.trigger and record.kind is Kind.CRON:
+    if coalesced_ms is not None:
+        occurrence = from_ms(coalesced_ms)
+    elif not delivery.trigger and record.kind is Kind.CRON:
         occurrence = _latest_missed(record, occurrence, now)
     # A one-time prompt's lateness counts from its own time, even when resumed late.
     reference = record.schedule_time if record.kind is Kind.ONCE and not delivery.trigger else None
     late = now - (reference or occurrence)
     grace = record.misfire_grace_seconds
-    if not delivery.trigger and grace is not None and late.total_seconds() > grace:
+    # Only a first attempt can be a misfire: a retry is late because the runner failed.
+    if attempt == 1 and not delivery.trigger and grace is not None and late.total_seconds() > grace:
         error = (
             f"missed the occurrence at {to_iso(occurrence)}: {late.total_seconds():.1f}s late, "
             f"more than misfire_grace_seconds={grace:g}"
@@ -174,7 +185,9 @@ def deliver(
                 error,
             )
             _release(client, ctx, delivery, token, now + timedelta(seconds=retry_in))
-            return Result(Outcome.RETRY, retry_in=retry_in, error=error)
+            return Result(
+                Outcome.RETRY, retry_in=retry_in, error=error, occurrence_ms=to_ms(occurrence)
+            )
         if not isinstance(exc, DeliveryError | PermanentDeliveryError):
             log.exception("runner raised for %s", key)
         log.error("giving up on %s after %d attempt(s): %s", key, attempt, error)

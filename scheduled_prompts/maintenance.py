@@ -67,15 +67,16 @@ def hydrate(
             ids = client.zrangebyscore(ctx.keys.due, "-inf", until, start=offset, num=_CHUNK)
             if not ids:
                 break
-            offset += len(ids)
             wanted = [
                 d.prompt_id
                 for d in _on_platforms(client, ctx, [Delivery(str(i), 0) for i in ids], platforms)
             ][: budget - count]
+            # PROMOTE takes every wanted id out of the due index (those already in flight
+            # too); what stays is what was skipped, so the next page starts after it.
+            offset += len(ids) - len(wanted)
             if not wanted:
                 continue
             batch = parse_promoted(promote_op(ctx, now, wanted).run(client))
-            offset -= len(batch)  # promoted ids left the due index
             if batch:
                 publish(batch)
             count += len(batch)

@@ -60,4 +60,5 @@ def promote_op(
 
 
 def parse_promoted(rows: Sequence[Any]) -> list[Delivery]:
-    return [Delivery(str(rows[i]), int(rows[i + 1])) for i in range(0, len(rows), 2)]
+    """The deliveries of a PROMOTE result (its first element is the count it took)."""
+    return [Delivery(str(rows[i]), int(rows[i + 1])) for i in range(1, len(rows), 2)]

@@ -65,7 +65,7 @@ def load_runner(path: str) -> Runner:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, but also TypeError for ".relative" paths…
         raise ValueError(f"SCHEDULED_PROMPTS_RUNNER={path!r} cannot be imported: {exc}") from exc
     if inspect.isclass(target) or (
         callable(target) and not callable(getattr(target, "handle_webhook", None))
@@ -213,6 +213,16 @@ class WebhookRunner:
         self.secret = secret
         self.headers = dict(headers or {})
         self.client = client or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        """Close the HTTP client's connections."""
+        self.client.close()
+
+    def __enter__(self) -> WebhookRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def handle_webhook(self, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

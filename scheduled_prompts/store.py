@@ -176,7 +176,7 @@ PROMOTE = Script(
 -- handed to Celery once. An occurrence already in flight is not returned again.
 -- KEYS: due, inflight. ARGV: until ms, limit, re-drive delay ms, [ids...].
 -- With ids, only those are considered (a just-written prompt); else the earliest due.
--- Returns a flat list: id, occurrence ms, id, occurrence ms, ...
+-- Returns a flat list: how many due entries were taken, then id, occurrence ms, ...
 local until_ms = tonumber(ARGV[1])
 local rows
 if #ARGV > 3 then
@@ -191,7 +191,7 @@ else
   rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', until_ms, 'WITHSCORES', 'LIMIT', 0,
                     ARGV[2])
 end
-local out = {}
+local out = {#rows / 2}
 for i = 1, #rows, 2 do
   local id, score = rows[i], rows[i + 1]
   redis.call('ZREM', KEYS[1], id)

@@ -45,18 +45,30 @@ def tick() -> dict[str, int]:
 
 @app.task(name=DELIVER, bind=True, max_retries=None, ignore_result=True)
 def deliver(
-    self: Task, prompt_id: str, occurrence_ms: int, trigger: bool = False, attempt: int = 1
+    self: Task,
+    prompt_id: str,
+    occurrence_ms: int,
+    *,
+    trigger: bool = False,
+    attempt: int = 1,
+    coalesced_ms: int | None = None,
 ) -> str:
     """Deliver one occurrence (by id: the prompt text never travels in the message)."""
     delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger)
     try:
-        result = engine.deliver(get_redis(), context(), delivery, attempt=attempt)
+        result = engine.deliver(
+            get_redis(), context(), delivery, attempt=attempt, coalesced_ms=coalesced_ms
+        )
     except (RedisError, StoreUnavailable) as exc:
         # The occurrence stays in flight in Redis; tick re-drives it if this retry is lost.
         log.warning("Redis unavailable delivering %s: %s", delivery.key, exc)
         raise self.retry(countdown=5, exc=exc) from exc
     if result.outcome is Outcome.RETRY:
-        kwargs = {"trigger": trigger, "attempt": attempt + 1}
+        kwargs = {
+            "trigger": trigger,
+            "attempt": attempt + 1,
+            "coalesced_ms": result.occurrence_ms,
+        }
         raise self.retry(countdown=result.retry_in, kwargs=kwargs)
     if result.outcome is Outcome.BUSY:
         raise self.retry(countdown=result.retry_in)

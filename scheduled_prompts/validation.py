@@ -107,6 +107,9 @@ def check_prompt_id(value: object) -> str:
             "prompt_id must be 1-128 characters of letters, digits and ._:@/+=- "
             f"starting with a letter or digit, got {value!r}"
         )
+    if value.endswith(":trigger"):
+        # "{id}:trigger:{ms}" is a trigger's idempotency key: such an id would be ambiguous.
+        raise InvalidSchedule(f"prompt_id must not end with ':trigger', got {value!r}")
     return value
 
 
@@ -355,9 +358,9 @@ def _reschedule(
         max_runs=changes.get("max_runs", record.max_runs if keep else None),
     )
     resolved = resolve_schedule(req, now)
-    if resolved.max_runs is not None and resolved.max_runs <= record.run_count and keep:
+    if resolved.max_runs is not None and resolved.max_runs <= record.scheduled_runs and keep:
         raise InvalidSchedule(
-            f"max_runs must be greater than the {record.run_count} runs already made"
+            f"max_runs must be greater than the {record.scheduled_runs} runs already made"
         )
     live_status = Status.SCHEDULED if resolved.kind is Kind.ONCE else Status.ACTIVE
     return {
