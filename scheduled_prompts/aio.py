@@ -7,11 +7,9 @@ prompts due soon happens in a thread, so it never blocks the loop.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,37 +21,37 @@ from ._time import utcnow
 from .connection import client_kwargs, context, unavailable
 from .core import Plan
 from .errors import PromptError, StoreUnavailable
-from .settings import get_settings, mask_url, on_reset
+from .settings import get_settings, mask_url
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# redis.asyncio connections belong to the loop that opened them: one client per loop.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = (
-    weakref.WeakKeyDictionary()
-)
 
-
-def get_async_redis() -> AsyncRedis:
-    """The ``redis.asyncio`` client of the running loop for the configured Redis URL."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        settings = get_settings()
-        try:
-            client = AsyncRedis.from_url(settings.redis_url, **client_kwargs(settings))
-        except ValueError as exc:
-            raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
-        _clients[loop] = client
-    return client
-
-
-on_reset(_clients.clear)
+def new_async_redis() -> AsyncRedis:
+    """A ``redis.asyncio`` client for the configured Redis URL (close it when done)."""
+    settings = get_settings()
+    try:
+        return AsyncRedis.from_url(settings.redis_url, **client_kwargs(settings))
+    except ValueError as exc:
+        raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
 
 
 async def arun(plan: Plan[T], client: AsyncRedis | None = None) -> T:
-    """Drive a plan to completion on an asyncio client."""
-    client = client or get_async_redis()
+    """Drive a plan to completion on an asyncio client.
+
+    Without ``client``, one is opened for the call and closed after it: asyncio clients
+    belong to the loop that opened them, and a cached one would outlive ``asyncio.run``.
+    """
+    if client is None:
+        own = new_async_redis()
+        try:
+            return await _drive(plan, own)
+        finally:
+            await own.aclose()
+    return await _drive(plan, client)
+
+
+async def _drive(plan: Plan[T], client: AsyncRedis) -> T:
     try:
         op = next(plan)
         while True:
@@ -103,9 +101,9 @@ __all__ = [
     "arun",
     "cancel_prompt",
     "cleanup_expired_prompts",
-    "get_async_redis",
     "get_prompt",
     "list_prompts",
+    "new_async_redis",
     "pause_prompt",
     "resume_prompt",
     "schedule_many",

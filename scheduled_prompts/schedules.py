@@ -219,8 +219,11 @@ def resolve_at(at: object, timezone: object, now: datetime) -> datetime:
         raise InvalidSchedule(
             f"at must be a datetime or an ISO-8601 string, got {type(at).__name__}"
         )
-    instant = value.astimezone(UTC) if value.utcoffset() is not None else localize(value, zone)
-    instant = truncate_ms(instant)
+    try:
+        instant = value.astimezone(UTC) if value.utcoffset() is not None else localize(value, zone)
+        instant = truncate_ms(instant)
+    except OverflowError:
+        raise InvalidSchedule(f"at {value.isoformat()} is out of range") from None
     if instant < truncate_ms(now):
         raise InvalidSchedule(
             f"at is in the past ({to_iso(instant)} is before now, {to_iso(now)}); "

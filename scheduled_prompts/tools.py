@@ -127,9 +127,11 @@ def _schemas(settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
             },
         ),
         "list_scheduled_prompts": (
-            "List the current user's scheduled prompts (newest 50), to answer 'what have I "
-            "scheduled?' or to find the prompt_id to cancel, pause or resume. Returns each "
-            "prompt's id, text, schedule, status and next run.",
+            "List the current user's scheduled prompts, to answer 'what have I scheduled?' "
+            "or to find the prompt_id to cancel, pause or resume. By default lists the "
+            f"prompts still waiting (scheduled, active, paused), oldest first, at most "
+            f"{LIST_LIMIT}. Returns each prompt's id, text, schedule, status and next run, "
+            "and `more: true` when there are more than listed.",
             {
                 "type": "object",
                 "properties": {
@@ -137,8 +139,8 @@ def _schemas(settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
                         "type": "string",
                         "enum": [s.value for s in Status],
                         "description": "Only prompts with this status: 'scheduled' or "
-                        "'active' (waiting to run), 'paused', 'executed', 'cancelled', "
-                        "'failed'. Default: all.",
+                        "'active' (waiting to run), 'paused', 'executed' (done), "
+                        "'cancelled', 'failed'. Default: scheduled, active and paused.",
                     }
                 },
                 "additionalProperties": False,
@@ -242,6 +244,13 @@ async def handle_tool_call_async(name: object, arguments: object, *, context: ob
         return _dumps({"error": _explain(exc, name)})
 
 
+def _name(value: object) -> str:
+    """A short, safe rendering of whatever the model sent as a tool name."""
+    if isinstance(value, str):
+        return repr(value[:80])
+    return f"<{type(value).__name__}>"
+
+
 def _dumps(result: dict[str, Any]) -> str:
     return json.dumps(result, ensure_ascii=False, default=str)
 
@@ -257,10 +266,10 @@ def _explain(exc: Exception, name: object) -> str:
             "cancel one (list_scheduled_prompts shows them) before adding another"
         )
     if isinstance(exc, StoreUnavailable):
-        log.warning("tool %r: %s", name, exc)
+        log.warning("tool %s: %s", _name(name), exc)
         return "the scheduler is unavailable right now; tell the user and try again later"
-    log.exception("tool %r failed", name)
-    return f"internal error in tool {name!r}; try again later"
+    log.exception("tool %s failed", _name(name))
+    return f"internal error in tool {_name(name)}; try again later"
 
 
 def _plan(name: object, arguments: object, context: object) -> Plan[dict[str, Any]]:
@@ -270,18 +279,51 @@ def _plan(name: object, arguments: object, context: object) -> Plan[dict[str, An
     settings = get_settings()
     schemas = _schemas(settings)
     if not isinstance(name, str) or name not in schemas:
-        raise ToolError(f"unknown tool {name!r}; available tools: {', '.join(schemas)}")
+        raise ToolError(f"unknown tool {_name(name)}; available tools: {', '.join(schemas)}")
     args = _arguments(arguments)
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schemas[name][1]).iter_errors(args)
     )
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "arguments"
-        raise ToolError(f"invalid {where} for {name}: {_short(error.message)}")
+        raise ToolError(f"invalid arguments for {name}: {_schema_error(error)}")
     if name in ADMIN_TOOLS and not context.is_admin:
         raise ToolError(f"{name} is for administrators only")
     handler = _HANDLERS[name]
     return handler(args, context, settings)
+
+
+def _schema_error(error: jsonschema.ValidationError) -> str:
+    """Say what is wrong with an argument without echoing a (possibly huge) value."""
+    where = "/".join(str(p) for p in error.absolute_path)
+    field = f"`{where}`" if where else "the arguments"
+    limit: Any = error.validator_value
+    value: Any = error.instance
+    kind = error.validator
+    if kind == "maxLength":
+        return f"{field} is too long: {len(value):,} characters, at most {limit:,}"
+    if kind == "minLength":
+        return f"{field} must not be empty"
+    if kind == "type":
+        return f"{field} must be of type {limit}, got {type(value).__name__}"
+    if kind in ("maximum", "exclusiveMinimum", "minimum"):
+        bound = {
+            "maximum": "the maximum is",
+            "exclusiveMinimum": "it must be more than",
+            "minimum": "the minimum is",
+        }
+        return f"{field} is {value!r:.40}; {bound[str(kind)]} {limit:,}"
+    if kind == "enum":
+        return f"{field} must be one of {', '.join(map(repr, limit))}"
+    if kind == "additionalProperties":
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        properties = schema.get("properties", {})
+        extra = sorted(str(k) for k in set(value) - set(properties))
+        unexpected = ", ".join(f"{k[:40]!r}" for k in extra[:5])
+        verb = "was" if len(extra) == 1 else "were"
+        return f"{unexpected} {verb} unexpected; accepted: {', '.join(properties)}"
+    if kind == "required":
+        return _short(error.message)
+    return f"{field}: {_short(error.message)}"
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -289,7 +331,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _arguments(arguments: object) -> dict[str, Any]:
-    if arguments is None or arguments == "":
+    if arguments is None or arguments in ("", b""):
         return {}
     if isinstance(arguments, str | bytes):
         if len(arguments) > MAX_ARGUMENT_BYTES:
@@ -350,10 +392,34 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
             f"that is too far ahead: a one-time prompt may be at most "
             f"{settings.tool_max_days_ahead:g} days from now (until {to_iso(farthest)})"
         )
-    record = yield from core.schedule(
-        store_context(), spec, now, quota=settings.tool_max_active_prompts
-    )
+    waiting = yield from _count_waiting(ctx, settings.tool_max_active_prompts)
+    if waiting >= settings.tool_max_active_prompts:
+        raise QuotaExceeded(ctx.user_id, settings.tool_max_active_prompts)
+    record = yield from core.schedule(store_context(), spec, now)
     return {"success": True, **_describe(record, ctx, now)}
+
+
+def _count_waiting(ctx: ToolContext, enough: int) -> Plan[int]:
+    """The user's live and paused prompts on this platform (the identity tools see).
+
+    Checked before the write, so calls racing for one user can pass the limit by the
+    number that race; MAX_PROMPTS_PER_USER, if set, is enforced atomically as well.
+    """
+    count, cursor = 0, None
+    while count < enough:
+        page = yield from core.list_page(
+            store_context(),
+            user_id=ctx.user_id,
+            platform=ctx.platform,
+            status=WAITING,
+            limit=1000,
+            cursor=cursor,
+        )
+        count += len(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return count
 
 
 def _check_interval(fires: Any, settings: Settings) -> None:
@@ -372,12 +438,15 @@ def _check_interval(fires: Any, settings: Settings) -> None:
             return
 
 
+WAITING = (Status.SCHEDULED, Status.ACTIVE, Status.PAUSED)
+
+
 def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
     page = yield from core.list_page(
         store_context(),
         user_id=ctx.user_id,
         platform=ctx.platform,
-        status=args.get("status"),
+        status=args.get("status", WAITING),
         limit=LIST_LIMIT,
         cursor=None,
     )

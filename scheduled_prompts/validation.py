@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidSchedule
@@ -98,7 +98,17 @@ def check_text(name: str, value: object, *, limit: int, optional: bool = False) 
         raise InvalidSchedule(f"{name} must not be empty")
     if len(value) > limit:
         raise InvalidSchedule(f"{name} must be at most {limit:,} characters, got {len(value):,}")
+    _check_utf8(name, value)
     return value
+
+
+def _check_utf8(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidSchedule(
+            f"{name} must be valid Unicode text; it has an unpaired surrogate at {exc.start}"
+        ) from None
 
 
 def check_prompt_id(value: object) -> str:
@@ -129,6 +139,7 @@ def check_metadata(value: object, settings: Settings) -> dict[str, Any]:
         ) from None
     if any(not isinstance(k, str) for k in value):
         raise InvalidSchedule("metadata keys must be strings")
+    _check_utf8("metadata", json.dumps(dict(value), ensure_ascii=False))
     size = len(text.encode())
     if size > settings.max_metadata_bytes:
         raise InvalidSchedule(
@@ -165,9 +176,12 @@ def _check_bound(name: str, value: object, schedule_tz: str) -> datetime | None:
         raise InvalidSchedule(
             f"{name} must be a datetime or an ISO-8601 string, got {type(value).__name__}"
         )
-    if value.utcoffset() is None:
-        return localize(value, get_zone(schedule_tz))
-    return value
+    try:
+        if value.utcoffset() is None:
+            return localize(value, get_zone(schedule_tz))
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidSchedule(f"{name} {value.isoformat()} is out of range") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""Shared pieces of the CLI: output (tables or JSON), times, argument types."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import click
+
+from .._time import to_iso
+from ..models import ScheduledPrompt
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """A user error: one line, exit status 2."""
+
+    exit_code = 2
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain aligned table (columns sized to their widest cell)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo(click.style(line.rstrip(), bold=True) if n == 0 else line.rstrip())
+
+
+def utc(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def local(value: datetime | None, zone: str) -> str:
+    if value is None:
+        return "-"
+    here = value.astimezone(ZoneInfo(zone))
+    return here.strftime("%Y-%m-%d %H:%M:%S ") + (here.tzname() or zone)
+
+
+def schedule_text(p: ScheduledPrompt) -> str:
+    if p.cron_expression is not None:
+        return f"cron {p.cron_expression} ({p.timezone})"
+    return f"once {to_iso(p.schedule_time)}" if p.schedule_time else "once"
+
+
+def clip(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

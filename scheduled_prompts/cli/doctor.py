@@ -1,0 +1,136 @@
+"""``doctor``: is this deployment healthy? One line per check; exit 0 only if all pass."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+import redis
+from redis.exceptions import RedisError
+
+from ..connection import client_kwargs
+from ..keys import Keys
+from ..runners import load_runner
+from ..settings import Settings, get_settings, mask_url
+from . import cli
+from .common import json_option, print_json
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _redis_checks(settings: Settings, client: redis.Redis) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
+        checks.append(
+            Check(
+                "maxmemory-policy",
+                policy == "noeviction",
+                f"{policy}" + ("" if policy == "noeviction" else ": Redis may evict prompts; "
+                               "set maxmemory-policy noeviction"),
+            )
+        )  # fmt: skip
+        config = client.config_get("appendonly") | client.config_get("save")
+        aof = config.get("appendonly") == "yes"
+        save = config.get("save", "")
+        detail = "AOF on" if aof else (f"RDB snapshots ({save}); AOF recommended" if save else "")
+        checks.append(
+            Check("persistence", bool(aof or save), detail or "off: a restart loses every prompt")
+        )
+    except RedisError as exc:
+        checks.append(Check("redis config", False, f"CONFIG GET refused ({exc}); check by hand"))
+    last = client.get(Keys(settings.key_prefix).beat)
+    if last is None:
+        checks.append(Check("beat", False, "no tick recorded: is `celery beat` running?"))
+    else:
+        age = time.time() - int(last) / 1000
+        fresh = age <= 3 * settings.tick_seconds + 5
+        checks.append(
+            Check("beat", fresh, f"last tick {age:.0f}s ago (every {settings.tick_seconds:g}s)")
+        )
+    return checks
+
+
+def _visibility(settings: Settings) -> Check:
+    from ..celery_app import app  # noqa: PLC0415
+
+    broker = str(app.conf.broker_url or "")
+    if not broker.startswith(("redis://", "rediss://", "unix://")):
+        return Check("visibility timeout", True, "not a Redis broker: no visibility timeout")
+    options = app.conf.broker_transport_options or {}
+    timeout = float(options.get("visibility_timeout", 3600))
+    need = 2 * (settings.horizon_seconds + settings.lease_seconds)
+    return Check(
+        "visibility timeout",
+        timeout >= need,
+        f"{timeout:g}s vs horizon {settings.horizon_seconds:g}s + lease "
+        f"{settings.lease_seconds:g}s (needs >= {need:g}s)",
+    )
+
+
+def _runner(settings: Settings) -> Check:
+    if not settings.runner:
+        return Check("runner", False, "SCHEDULED_PROMPTS_RUNNER is not set: nothing will deliver")
+    try:
+        runner = load_runner(settings.runner)
+    except ValueError as exc:
+        return Check("runner", False, str(exc))
+    return Check("runner", True, f"{settings.runner} -> {type(runner).__name__}")
+
+
+def _workers() -> Check:
+    from ..celery_app import app  # noqa: PLC0415
+
+    try:
+        replies = app.control.ping(timeout=1.5)
+    except Exception as exc:  # kombu raises many connection error types
+        return Check("workers", False, f"cannot ask workers: {exc}")
+    names = sorted(name for reply in replies for name in reply)
+    return Check(
+        "workers", bool(names), ", ".join(names) + " answered" if names else "no worker answered"
+    )
+
+
+@cli.command()
+@json_option
+def doctor(as_json: bool) -> None:
+    """Check Redis, persistence, eviction, timeouts, the runner, workers and beat."""
+    settings = get_settings()
+    url = mask_url(settings.redis_url)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        **client_kwargs(settings) | {"socket_timeout": 2, "socket_connect_timeout": 2},
+    )
+    checks: list[Check] = []
+    try:
+        client.ping()
+        checks.append(Check("redis", True, f"reachable at {url}"))
+        reachable = True
+    except RedisError as exc:
+        checks.append(Check("redis", False, f"unreachable at {url}: {exc}"))
+        reachable = False
+    steps: list[Callable[[], list[Check]]] = [
+        lambda: _redis_checks(settings, client) if reachable else [],
+        lambda: [_visibility(settings)],
+        lambda: [_runner(settings)],
+        lambda: [_workers()] if reachable else [],
+    ]
+    for step in steps:
+        checks.extend(step())
+    client.close()
+    passed = all(c.ok for c in checks)
+    if as_json:
+        print_json({"ok": passed, "checks": [c.__dict__ for c in checks]})
+    else:
+        for c in checks:
+            mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark} {c.name}: {c.detail}")
+    sys.exit(0 if passed else 1)

