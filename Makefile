@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean venv
+.PHONY: run test lint format bench clean venv docs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Deliveries are logged by LogRunner unless SCHEDULED_PROMPTS_RUNNER names another runner.
+# Worker + beat in the foreground; an embedded Redis when none answers; deliveries are
+# logged by LogRunner unless SCHEDULED_PROMPTS_RUNNER names another runner.
 run: $(STAMP)
-	SCHEDULED_PROMPTS_RUNNER="$${SCHEDULED_PROMPTS_RUNNER:-scheduled_prompts.runners:LogRunner}" \
-		$(BIN)/celery -A scheduled_prompts worker --beat --loglevel=INFO
+	$(BIN)/scheduled-prompts up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -29,6 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Regenerate docs/configuration.md from the settings object.
+docs: $(STAMP)
+	$(BIN)/python -c "import pathlib, scheduled_prompts.settings as s; \
+	p = pathlib.Path('docs/configuration.md'); p.write_text(s.render_configuration_doc(p.read_text()))"
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import scheduled_prompts as sp
+from scheduled_prompts.settings import Settings, render_configuration_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -72,3 +74,10 @@ def test_agents_runner_example_injects_prompt_marked_as_scheduled_run(redis_url:
         assert namespace["receive"](b"{}", {}) == 401
     finally:
         sp.set_bot_runner(None, platform="telegram")
+
+
+def test_configuration_doc_lists_every_setting_as_the_settings_object_says() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert render_configuration_doc(text) == text, "run `make docs`"
+    for f in dataclasses.fields(Settings):
+        assert f"`SCHEDULED_PROMPTS_{f.name.upper()}`" in text
