@@ -8,7 +8,6 @@ prompts due soon happens in a thread, so it never blocks the loop.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -69,9 +68,7 @@ def _async(factory: Callable[P, Plan[T]]) -> Callable[P, Coroutine[Any, Any, T]]
     async def verb(*args: P.args, **kwargs: P.kwargs) -> T:
         return await arun(factory(*args, **kwargs))
 
-    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
-        return_annotation=inspect.Signature.empty
-    )
+    verbs.present(verb, factory)
     return verb
 
 

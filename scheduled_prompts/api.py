@@ -8,7 +8,6 @@ as not found.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -32,10 +31,7 @@ def _sync(factory: Callable[P, Plan[T]]) -> Callable[P, T]:
     def verb(*args: P.args, **kwargs: P.kwargs) -> T:
         return run(factory(*args, **kwargs))
 
-    # Show the verb's parameters, not the factory's Plan return type.
-    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
-        return_annotation=inspect.Signature.empty
-    )
+    verbs.present(verb, factory)
     return verb
 
 

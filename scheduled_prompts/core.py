@@ -349,34 +349,41 @@ def _refuse(record: ScheduledPrompt, action: str) -> ConflictingPrompt:
     )
 
 
-def cancel(
-    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+def _stop(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    now: datetime,
+    *,
+    status: Status,
+    action: str,
 ) -> Plan[ScheduledPrompt]:
+    """Move a live or paused prompt to ``status`` (no next run); idempotent."""
+
     def change(record: ScheduledPrompt) -> ScheduledPrompt:
-        if record.status is Status.CANCELLED:
+        if record.status is status:
             return record
         if record.status.is_terminal:
-            raise _refuse(record, "cancel")
+            raise _refuse(record, action)
         return record.replace(
-            status=Status.CANCELLED, next_run_at=None, updated_at=now, version=record.version + 1
+            status=status, next_run_at=None, updated_at=now, version=record.version + 1
         )
 
     return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def cancel(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    return (
+        yield from _stop(ctx, prompt_id, user_id, now, status=Status.CANCELLED, action="cancel")
+    )
 
 
 def pause(
     ctx: Context, prompt_id: str, user_id: str | None, now: datetime
 ) -> Plan[ScheduledPrompt]:
-    def change(record: ScheduledPrompt) -> ScheduledPrompt:
-        if record.status is Status.PAUSED:
-            return record
-        if record.status.is_terminal:
-            raise _refuse(record, "pause")
-        return record.replace(
-            status=Status.PAUSED, next_run_at=None, updated_at=now, version=record.version + 1
-        )
-
-    return (yield from _mutate(ctx, prompt_id, user_id, change))
+    return (yield from _stop(ctx, prompt_id, user_id, now, status=Status.PAUSED, action="pause"))
 
 
 def resume(

@@ -202,28 +202,32 @@ def localize(wall: datetime, zone: ZoneInfo) -> datetime:
     return _transition(zone, second, first)
 
 
-def resolve_at(at: object, timezone: object, now: datetime) -> datetime:
-    """The instant of ``at=``: an aware datetime, or ISO-8601; naive means in ``timezone``."""
-    zone = get_zone(timezone)
-    if isinstance(at, str):
+def parse_instant(name: str, value: object, zone: ZoneInfo) -> datetime:
+    """A time argument (aware datetime, or ISO-8601; naive means in ``zone``) as UTC ms."""
+    if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(at.strip())
+            parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             raise InvalidSchedule(
-                f"at must be an ISO-8601 date-time such as '2026-03-08T09:30:00+01:00' "
-                f"(an offset or 'Z' is recommended), got {at!r}"
+                f"{name} must be an ISO-8601 date-time such as '2026-03-08T09:30:00+01:00' "
+                f"(an offset or 'Z' is recommended), got {value!r}"
             ) from None
-    elif isinstance(at, datetime):
-        value = at
+    elif isinstance(value, datetime):
+        parsed = value
     else:
         raise InvalidSchedule(
-            f"at must be a datetime or an ISO-8601 string, got {type(at).__name__}"
+            f"{name} must be a datetime or an ISO-8601 string, got {type(value).__name__}"
         )
     try:
-        instant = value.astimezone(UTC) if value.utcoffset() is not None else localize(value, zone)
-        instant = truncate_ms(instant)
+        aware = parsed.astimezone(UTC) if parsed.utcoffset() is not None else localize(parsed, zone)
+        return truncate_ms(aware)
     except OverflowError:
-        raise InvalidSchedule(f"at {value.isoformat()} is out of range") from None
+        raise InvalidSchedule(f"{name} {parsed.isoformat()} is out of range") from None
+
+
+def resolve_at(at: object, timezone: object, now: datetime) -> datetime:
+    """The instant of ``at=``, which must not be in the past."""
+    instant = parse_instant("at", at, get_zone(timezone))
     if instant < truncate_ms(now):
         raise InvalidSchedule(
             f"at is in the past ({to_iso(instant)} is before now, {to_iso(now)}); "

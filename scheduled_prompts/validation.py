@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .errors import InvalidSchedule
@@ -23,8 +23,8 @@ from .schedules import (
     CronSchedule,
     first_cron_run,
     get_zone,
-    localize,
     parse_cron,
+    parse_instant,
     resolve_at,
     resolve_delay,
 )
@@ -162,26 +162,7 @@ def check_grace(value: object) -> float | None:
 
 
 def _check_bound(name: str, value: object, schedule_tz: str) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise InvalidSchedule(
-                f"{name} must be an ISO-8601 date-time such as '2026-12-31T23:59:00+00:00', "
-                f"got {value!r}"
-            ) from None
-    if not isinstance(value, datetime):
-        raise InvalidSchedule(
-            f"{name} must be a datetime or an ISO-8601 string, got {type(value).__name__}"
-        )
-    try:
-        if value.utcoffset() is None:
-            return localize(value, get_zone(schedule_tz))
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidSchedule(f"{name} {value.isoformat()} is out of range") from None
+    return None if value is None else parse_instant(name, value, get_zone(schedule_tz))
 
 
 @dataclass(frozen=True)

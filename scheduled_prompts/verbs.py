@@ -6,7 +6,8 @@ the signatures and docstrings below are what both APIs show.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,14 @@ from ._time import utcnow
 from .connection import context
 from .core import Plan, PromptPage
 from .models import ScheduledPrompt, Status
+
+
+def present(verb: Callable[..., object], factory: Callable[..., object]) -> None:
+    """Show ``verb`` (a sync or async wrapper) with the factory's parameters and docs,
+    not its ``Plan`` return type."""
+    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
+        return_annotation=inspect.Signature.empty
+    )
 
 
 def schedule_prompt(
