@@ -117,7 +117,7 @@ def deliver(
     now = now or utcnow()
     token = secrets.token_hex(8)
     lease_ms = int(ctx.settings.lease_seconds * 1000)
-    expected = "" if delivery.trigger else to_iso(from_ms(delivery.occurrence_ms))
+    expected = "" if delivery.trigger else str(delivery.occurrence_ms)
     keys = [
         ctx.keys.prompt(delivery.prompt_id),
         ctx.keys.lease(delivery.key),

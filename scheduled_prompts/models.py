@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ._time import from_iso, to_iso
+from ._time import from_iso, from_ms, to_iso, to_ms
 
 #: Version of the stored JSON layout; a record with another version is refused on load.
 SCHEMA_VERSION = 1
@@ -57,6 +57,17 @@ _DATETIME_FIELDS = (
     "start_at",
     "end_at",
 )
+
+
+#: Stored-form defaults: a field equal to its default is not written (see ``to_json``).
+_DEFAULTS: dict[str, Any] = {
+    "timezone": "UTC",
+    "run_count": 0,
+    "failure_count": 0,
+    "trigger_count": 0,
+    "metadata": {},
+    "version": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -151,8 +162,22 @@ class ScheduledPrompt:
         return out
 
     def to_json(self) -> str:
-        """The stored form: compact JSON, fields that are None left out."""
-        data = {k: v for k, v in self.to_dict().items() if v is not None}
+        """The stored form: compact JSON, as small as it can be read back.
+
+        Datetimes are epoch milliseconds, and fields holding their default (None, zero
+        counters, empty metadata, UTC, version 1) are left out — a record is stored once
+        per prompt, so every byte counts a million times.
+        """
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name in _DEFAULTS and value == _DEFAULTS[f.name]):
+                continue
+            if isinstance(value, datetime):
+                value = to_ms(value)
+            elif isinstance(value, StrEnum):
+                value = value.value
+            data[f.name] = value
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -167,8 +192,11 @@ class ScheduledPrompt:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         for name in _DATETIME_FIELDS:
-            if isinstance(values.get(name), str):
-                values[name] = from_iso(values[name])
+            value = values.get(name)
+            if isinstance(value, str):
+                values[name] = from_iso(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values[name] = from_ms(value)
         return cls(**values)
 
     @classmethod

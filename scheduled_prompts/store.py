@@ -137,7 +137,7 @@ CLAIM = Script(
 -- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
 -- the trigger was not delivered before.
 -- KEYS: record, lease, done, inflight.
--- ARGV: expected next_run_at ISO ('' for a trigger), token, lease ms, idempotency key,
+-- ARGV: expected next_run_at, epoch ms ('' for a trigger), token, lease ms, idempotency key,
 --       re-drive deadline ms.
 -- Returns {'ok', record JSON} | {'busy', lease pttl} | {'stale'} | {'gone'} | {'done'}.
 local raw = redis.call('GET', KEYS[1])
@@ -149,7 +149,7 @@ local ok, rec = pcall(cjson.decode, raw)
 if not ok or type(rec) ~= 'table' then return {'stale'} end
 local live = rec.status == 'scheduled' or rec.status == 'active'
 if ARGV[1] == '' then live = live or rec.status == 'paused'
-else live = live and rec.next_run_at == ARGV[1] end
+else live = live and rec.next_run_at == tonumber(ARGV[1]) end
 if not live then redis.call('ZREM', KEYS[4], ARGV[4]); return {'stale'} end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {'busy', redis.call('PTTL', KEYS[2])}

@@ -322,19 +322,39 @@ def test_round_trip_keeps_unicode_and_nested_metadata() -> None:
     assert back.status is Status.ACTIVE
 
 
-def test_to_json_leaves_out_none_fields() -> None:
-    data = json.loads(once().to_json())
+STORED_DEFAULTS = {
+    "timezone": "UTC",
+    "run_count": 0,
+    "failure_count": 0,
+    "trigger_count": 0,
+    "metadata": {},
+    "version": 1,
+}
+
+
+def test_to_json_leaves_out_none_and_default_fields_and_stores_epoch_ms() -> None:
+    prompt = once()
+    data = json.loads(prompt.to_json())
     for name in ("cron_expression", "last_execution", "max_runs", "start_at", "end_at"):
         assert name not in data
     assert "last_error" not in data
     assert None not in data.values()
-    assert data["schedule_time"] == "2026-03-08T07:00:00.000Z"
+    assert data["schedule_time"] == 1772953200000  # 2026-03-08T07:00:00Z in epoch ms
+    for name, default in STORED_DEFAULTS.items():
+        if getattr(prompt, name) == default:
+            assert name not in data
+    assert ScheduledPrompt.from_json(prompt.to_json()) == prompt
 
 
-def test_to_json_keeps_every_field_that_is_set() -> None:
+def test_to_json_keeps_every_field_that_differs_from_its_default() -> None:
     prompt = cron()
     data = json.loads(prompt.to_json())
-    expected = {f.name for f in dataclasses.fields(prompt) if getattr(prompt, f.name) is not None}
+    expected = {
+        f.name
+        for f in dataclasses.fields(prompt)
+        if getattr(prompt, f.name) is not None
+        and not (f.name in STORED_DEFAULTS and getattr(prompt, f.name) == STORED_DEFAULTS[f.name])
+    }
     assert set(data) == expected | {"schema"}
 
 
