@@ -102,21 +102,24 @@ class CronSchedule:
             raise ValueError("after must be an aware datetime")
         a = after.astimezone(UTC)
         zone = self.zone
-        back = _offset_span(zone, a, a + _SHIFT_WINDOW)
-        walk = croniter(self.fields, _wall(a, zone) - back - _ONE_MINUTE, ret_type=datetime)
+        back = _offset_span(zone, a, _shift(a, _SHIFT_WINDOW))
+        start = _shift(_wall(a, zone), -(back + _ONE_MINUTE))
+        walk = croniter(self.fields, start, ret_type=datetime)
         best: datetime | None = None
         stop_wall = datetime.max
         while True:
             try:
                 m = walk.get_next(datetime)
-            except CroniterBadDateError:
+                if m > stop_wall:
+                    return best
+                for u in self._instants(m):
+                    if u > a and (best is None or u < best):
+                        best = u
+                        span = _offset_span(zone, _shift(u, -_SHIFT_WINDOW), u)
+                        stop_wall = _shift(_wall(u, zone), span)
+            except (CroniterBadDateError, OverflowError):
+                # No match left, or the walk reached the end of the calendar (year 9999).
                 return best
-            if m > stop_wall:
-                return best
-            for u in self._instants(m):
-                if u > a and (best is None or u < best):
-                    best = u
-                    stop_wall = _wall(u, zone) + _offset_span(zone, u - _SHIFT_WINDOW, u)
 
     def iter_after(self, after: datetime) -> Iterator[datetime]:
         """Fire instants strictly after ``after``, in order, for as long as they last."""
@@ -340,16 +343,28 @@ def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
     return offset
 
 
+def _shift(value: datetime, delta: timedelta) -> datetime:
+    """``value + delta``, saturated at the ends of the calendar instead of overflowing."""
+    try:
+        return value + delta
+    except OverflowError:
+        edge = datetime.max if delta > timedelta(0) else datetime.min
+        return edge.replace(tzinfo=value.tzinfo)
+
+
 def _offset_span(zone: ZoneInfo, lo: datetime, hi: datetime) -> timedelta:
     """How far the zone's UTC offset moves within [lo, hi] (hourly samples); 0 if fixed."""
     offsets: set[timedelta] = set()
     step = timedelta(hours=1)
     t = lo
-    while t <= hi:
-        offsets.add(_offset(t, zone))
-        t += step
-    offsets.add(_offset(hi, zone))
-    return max(offsets) - min(offsets)
+    try:
+        while t <= hi:
+            offsets.add(_offset(t, zone))
+            t += step
+        offsets.add(_offset(hi, zone))
+    except OverflowError:  # within a day of year 1 or 9999: sample what exists
+        pass
+    return max(offsets) - min(offsets) if offsets else timedelta(0)
 
 
 def _transition(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:

@@ -123,6 +123,22 @@ def check_prompt_id(value: object) -> str:
     return value
 
 
+def check_record(record: ScheduledPrompt, settings: Settings) -> ScheduledPrompt:
+    """Apply the API's input checks to a record from elsewhere (an import): raises
+    :class:`InvalidSchedule` for what ``schedule_prompt`` would have refused."""
+    check_prompt_id(record.id)
+    check_text("prompt", record.prompt, limit=settings.max_prompt_chars)
+    check_text("user_id", record.user_id, limit=_MAX_NAME_CHARS)
+    check_text("platform", record.platform, limit=_MAX_NAME_CHARS)
+    check_text("channel_id", record.channel_id, limit=_MAX_NAME_CHARS, optional=True)
+    check_metadata(record.metadata, settings)
+    if record.cron_expression is not None:
+        parse_cron(record.cron_expression, record.timezone)
+    else:
+        get_zone(record.timezone)
+    return record
+
+
 def check_metadata(value: object, settings: Settings) -> dict[str, Any]:
     if value is None:
         return {}

@@ -16,8 +16,9 @@ from ..connection import context, get_redis, unavailable
 from ..models import RecordError, ScheduledPrompt, Status
 from ..occurrences import Delivery
 from ..store import Put
+from ..validation import check_record
 from . import cli
-from .common import json_option, print_json, table
+from .common import CliError, json_option, print_json, table
 
 PAGE = 1000
 
@@ -123,7 +124,7 @@ def cleanup(days: float | None, as_json: bool) -> None:
     keep = context().settings.cleanup_days if days is None else days
     result = json.loads(api.cleanup_expired_prompts(days_to_keep=keep))
     if "error" in result:
-        raise click.ClickException(result["error"])
+        raise CliError(result["error"])
     if as_json:
         print_json(result)
     else:
@@ -204,7 +205,7 @@ def import_(source: IO[str]) -> None:
             data = json.loads(line)
             if not isinstance(data, dict):
                 raise RecordError("not a JSON object")
-            batch.append(ScheduledPrompt.from_dict(data))
+            batch.append(check_record(ScheduledPrompt.from_dict(data), ctx.settings))
         except (RecordError, ValueError, TypeError) as exc:
             reason = "unsupported schema" if "schema" in str(exc) else "invalid record"
             skipped[reason] += 1

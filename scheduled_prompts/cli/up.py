@@ -113,7 +113,6 @@ def up(
     """Run worker and beat in the foreground (Ctrl-C stops them)."""
     settings = get_settings()
     url = settings.redis_url
-    redis_child = _ensure_redis(url, data_dir)
     if flower:
         try:
             import flower as _flower  # noqa: F401, PLC0415
@@ -124,7 +123,6 @@ def up(
     env = dict(os.environ)
     env["SCHEDULED_PROMPTS_REDIS_URL"] = url
     env["SCHEDULED_PROMPTS_RUNNER"] = runner or settings.runner or DEFAULT_RUNNER
-    data_dir.mkdir(parents=True, exist_ok=True)
     children = [
         Child("worker", _celery("worker", f"--loglevel={loglevel}",
                                 f"--concurrency={concurrency}"), env),
@@ -135,10 +133,36 @@ def up(
         children.append(
             Child("flower", _celery("flower", "--address=127.0.0.1", f"--port={flower_port}"), env)
         )
-    click.echo(f"[up] runner: {env['SCHEDULED_PROMPTS_RUNNER']}", err=True)
-    if flower:
-        click.echo(f"[up] Flower: http://127.0.0.1:{flower_port}/", err=True)
-    _supervise(children, redis_child, url, data_dir)
+    stop = _stop_on_signals()
+    redis_child: subprocess.Popen[bytes] | None = None
+    try:
+        redis_child = _ensure_redis(url, data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        click.echo(f"[up] runner: {env['SCHEDULED_PROMPTS_RUNNER']}", err=True)
+        if flower:
+            click.echo(f"[up] Flower: http://127.0.0.1:{flower_port}/", err=True)
+        redis_child = _supervise(children, redis_child, url, data_dir, stop)
+    finally:
+        # Whatever happened (an error, Ctrl-C before the children started), the embedded
+        # Redis started here is stopped here. SIGTERM makes it flush its append-only file.
+        if redis_child is not None and redis_child.poll() is None:
+            redis_child.terminate()
+            try:
+                redis_child.wait(10)
+            except subprocess.TimeoutExpired:
+                redis_child.kill()
+
+
+def _stop_on_signals() -> list[bool]:
+    """SIGINT and SIGTERM set the returned flag (``flag[0]``) instead of raising."""
+    flag = [False]
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        flag[0] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return flag
 
 
 def _ensure_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
@@ -162,21 +186,21 @@ def _ensure_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
 
 
 def _supervise(
-    children: list[Child], redis_child: subprocess.Popen[bytes] | None, url: str, data_dir: Path
-) -> None:
-    """Run until SIGINT/SIGTERM, restarting what dies; then stop everything in order."""
-    stopping = False
+    children: list[Child],
+    redis_child: subprocess.Popen[bytes] | None,
+    url: str,
+    data_dir: Path,
+    stop: list[bool],
+) -> subprocess.Popen[bytes] | None:
+    """Run until ``stop[0]``, restarting what dies; then stop the children in order.
 
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    Returns the embedded Redis process (it may have been restarted) for the caller to stop.
+    """
     try:
         for child in children:
-            child.start()
-        while not stopping:
+            if not stop[0]:
+                child.start()
+        while not stop[0]:
             for child in children:
                 child.check()
             if redis_child is not None and redis_child.poll() is not None:
@@ -187,11 +211,5 @@ def _supervise(
         click.echo("[up] stopping", err=True)
         for child in reversed(children):
             child.stop(timeout=20)
-        if redis_child is not None and redis_child.poll() is None:
-            # SIGTERM makes redis-server flush its append-only file and exit.
-            redis_child.terminate()
-            try:
-                redis_child.wait(10)
-            except subprocess.TimeoutExpired:
-                redis_child.kill()
         click.echo("[up] stopped", err=True)
+    return redis_child
