@@ -1,4 +1,4 @@
-"""The public API as coroutines, for bots that live in an event loop (SPEC §4).
+"""The public API as coroutines, for bots that live in an event loop.
 
 Same verbs, same semantics, same errors as :mod:`scheduled_prompts.api` — the very same
 plans (``verbs.py``), driven by ``redis.asyncio``. Publishing Celery messages for

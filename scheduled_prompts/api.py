@@ -1,4 +1,4 @@
-"""The synchronous public API (SPEC §4). ``scheduled_prompts.aio`` mirrors it for asyncio.
+"""The synchronous public API. ``scheduled_prompts.aio`` mirrors it for asyncio.
 
 Each verb validates its input completely before writing; a rejected call writes nothing.
 Mutating verbs take ``user_id=`` to enforce ownership: another user's prompt is reported

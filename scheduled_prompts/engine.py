@@ -202,7 +202,7 @@ def deliver(
 def build_payload(
     record: ScheduledPrompt, key: str, occurrence: datetime, now: datetime, attempt: int
 ) -> dict[str, Any]:
-    """The runner payload of SPEC §5 (JSON-safe)."""
+    """The runner payload (JSON-safe): what a runner receives for one occurrence."""
     return {
         "type": "scheduled_prompt",
         "prompt_id": record.id,

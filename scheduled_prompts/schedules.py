@@ -1,7 +1,7 @@
 """Pure schedule maths: parsing, validation and next-fire instants. No Redis here.
 
 Cron expressions are matched against the *wall clock* of an IANA timezone, and the
-daylight-saving rules are those of cronie/Vixie cron (SPEC §3):
+daylight-saving rules are those of cronie/Vixie cron:
 
 * A *fixed-time* expression (neither the minute nor the hour field starts with ``*``;
   also ``@daily`` … ``@yearly``) names wall times a person means once a day. A wall

@@ -1,4 +1,4 @@
-"""Tools an LLM agent calls to schedule prompts (SPEC §6).
+"""Tools an LLM agent calls to schedule prompts.
 
 ``tool_definitions(format)`` gives the schemas for OpenAI function calling, Anthropic
 tool use or an MCP tool list; ``handle_tool_call(name, arguments, context=...)`` runs one
