@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -327,7 +328,12 @@ def _mutate(
     if not isinstance(prompt_id, str):
         raise PromptNotFound(repr(prompt_id))
     key = ctx.keys.prompt(prompt_id)
-    for _ in range(_CAS_ATTEMPTS):
+    # A delivery in progress holds the prompt's lease; the change waits for it to commit
+    # (or for its lease to expire), so no delivery of the old state follows the return.
+    patience = time.monotonic() + ctx.settings.lease_seconds + 5
+    pause = 0.01
+    attempts = 0
+    while attempts < _CAS_ATTEMPTS:
         (raw,) = yield store.Read([key])
         record = store.parse_record(key, raw)
         if record is None or (user_id is not None and record.user_id != user_id):
@@ -336,10 +342,20 @@ def _mutate(
         if new is record:
             return record
         result = yield store.put_op(ctx.keys, [Put(new, raw, record)], None)
-        if str(result[0]) == "ok":
+        outcome = str(result[0])
+        if outcome == "ok":
             yield from promote_now(ctx, [new], new.updated_at)
             return new
-    raise ConflictingPrompt(f"prompt {prompt_id!r} kept changing; try again")
+        if outcome == "leased":
+            if time.monotonic() > patience:
+                break
+            yield store.Sleep(pause)
+            pause = min(0.25, pause * 2)
+            continue
+        attempts += 1
+    raise ConflictingPrompt(
+        f"prompt {prompt_id!r} is being delivered or changed right now; try again"
+    )
 
 
 def _refuse(record: ScheduledPrompt, action: str) -> ConflictingPrompt:

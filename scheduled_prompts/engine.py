@@ -120,7 +120,7 @@ def deliver(
     expected = "" if delivery.trigger else str(delivery.occurrence_ms)
     keys = [
         ctx.keys.prompt(delivery.prompt_id),
-        ctx.keys.lease(delivery.key),
+        ctx.keys.lease(delivery.prompt_id),
         ctx.keys.done(delivery.key),
         ctx.keys.inflight,
     ]
@@ -131,7 +131,9 @@ def deliver(
     ).run(client)
     state = str(claim[0])
     if state == "busy":
-        return Result(Outcome.BUSY, retry_in=max(0.5, int(claim[1]) / 1000 + 0.5))
+        # Another delivery of this prompt is in progress: look again soon (a live holder
+        # finishes in moments; a dead one's lease expires).
+        return Result(Outcome.BUSY, retry_in=min(2.0, max(0.2, int(claim[1]) / 1000 + 0.1)))
     if state != "ok":
         log.debug("skipping %s: %s", delivery.key, state)
         return Result(Outcome.SKIPPED)
@@ -266,7 +268,7 @@ class _Claim:
             result = store.Eval(
                 store.COMMIT,
                 [keys.ids, keys.due, keys.finished, keys.open_counts, rkey, keys.user(new.user_id),
-                 keys.lease(self.delivery.key), keys.done(self.delivery.key), keys.inflight],
+                 keys.lease(self.delivery.prompt_id), keys.done(self.delivery.key), keys.inflight],
                 [str(raw), new.id, new.user_id, new.to_json(), due, finished, delta, self.token,
                  self.delivery.key, done_ttl],
             ).run(self.client)  # fmt: skip
@@ -330,7 +332,7 @@ def _release(
     deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(ctx)
     store.Eval(
         store.RELEASE,
-        [ctx.keys.lease(delivery.key), ctx.keys.inflight],
+        [ctx.keys.lease(delivery.prompt_id), ctx.keys.inflight],
         [token, delivery.key, deadline],
     ).run(client)
     if drop:

@@ -12,7 +12,7 @@ key                        type     holds
 ``P:open``                 hash     user_id -> count of live + paused prompts (quota)
 ``P:finished``             zset     terminal prompts, scored by finish time (epoch ms)
 ``P:inflight``             zset     occurrences handed to Celery, by re-drive deadline
-``P:lease:{occurrence}``   string   a delivery's claim (token), expires after the lease
+``P:lease:{id}``           string   the claim of the delivery in progress (token), expires
 ``P:done:{occurrence}``    string   a delivered trigger (its schedule does not move)
 ``P:lock:hydrate``         string   hydration lock (token), expires by itself
 ``P:beat``                 string   epoch ms of the last tick (for ``doctor``)
@@ -71,8 +71,9 @@ class Keys:
     def inflight(self) -> str:
         return f"{self.prefix}:inflight"
 
-    def lease(self, idempotency_key: str) -> str:
-        return f"{self.prefix}:lease:{idempotency_key}"
+    def lease(self, prompt_id: str) -> str:
+        """One lease per prompt: one delivery at a time, and changes wait for it."""
+        return f"{self.prefix}:lease:{prompt_id}"
 
     def done(self, idempotency_key: str) -> str:
         return f"{self.prefix}:done:{idempotency_key}"

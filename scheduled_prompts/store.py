@@ -10,8 +10,10 @@ error leaves either the whole change or none of it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -70,23 +72,31 @@ PUT = Script(
     _WRITE_RECORD
     + """
 -- Writes a batch of records and their index entries, all or nothing.
--- KEYS: ids, due, finished, open-counts, then per record: record key, user index key.
+-- KEYS: ids, due, finished, open-counts, then per record: record key, user index key,
+--       lease key.
 -- ARGV: quota ('' = none), then per record 7 values:
 --   id, user_id, expected ('' = must not exist; else the exact stored JSON),
 --   new JSON, due score ('' = not due), finished score ('' = not finished),
 --   open delta (-1, 0, 1: change of the user's live+paused count).
--- Order: every check first (existence/compare-and-set, then quota), then every write.
--- Returns {'ok'} | {'exists', i, stored} | {'changed', i, stored or ''} | {'quota', user}.
+-- Order: every check first (existence/compare-and-set, no delivery in progress, quota),
+-- then every write. A change never lands while a delivery of the prompt holds its lease,
+-- so once a cancel, pause or update returns, no delivery of the old state can follow.
+-- Returns {'ok'} | {'exists', i, stored} | {'changed', i, stored or ''}
+--       | {'leased', i, pttl} | {'quota', user}.
 local quota = ARGV[1]
-local n = (#KEYS - 4) / 2
+local n = (#KEYS - 4) / 3
 for i = 1, n do
   local a = 1 + (i - 1) * 7
-  local stored = redis.call('GET', KEYS[3 + 2 * i])
+  local k = 2 + 3 * i
+  local stored = redis.call('GET', KEYS[k])
   local expected = ARGV[a + 3]
   if expected == '' then
     if stored then return {'exists', i, stored} end
   elseif stored ~= expected then
     return {'changed', i, stored or ''}
+  else
+    local held = redis.call('PTTL', KEYS[k + 2])
+    if held ~= -2 then return {'leased', i, held} end
   end
 end
 if quota ~= '' then
@@ -103,7 +113,8 @@ if quota ~= '' then
 end
 for i = 1, n do
   local a = 1 + (i - 1) * 7
-  write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[3 + 2 * i], KEYS[4 + 2 * i],
+  local k = 2 + 3 * i
+  write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k], KEYS[k + 1],
                ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
 end
 return {'ok'}
@@ -366,6 +377,19 @@ class HashGet(Op):
 
 
 @dataclass(frozen=True)
+class Sleep(Op):
+    """Wait (no Redis): lets a plan back off, blocking a thread or yielding to a loop."""
+
+    seconds: float
+
+    def run(self, redis: Redis) -> None:
+        time.sleep(self.seconds)
+
+    async def arun(self, redis: AsyncRedis) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+@dataclass(frozen=True)
 class Pipeline(Op):
     """Several operations in one round trip (no transaction: each is atomic by itself)."""
 
@@ -415,7 +439,7 @@ def put_op(keys: Keys, puts: Sequence[Put], quota: int | None) -> Eval:
         due, finished = index_entries(rec)
         was_open = put.old.status.is_open if put.old else False
         delta = int(rec.status.is_open) - int(was_open)
-        script_keys += [keys.prompt(rec.id), keys.user(rec.user_id)]
+        script_keys += [keys.prompt(rec.id), keys.user(rec.user_id), keys.lease(rec.id)]
         args += [rec.id, rec.user_id, put.expected or "", rec.to_json(), due, finished, delta]
     return Eval(PUT, script_keys, args)
 

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -258,7 +259,7 @@ def test_deliver_calls_runner_once_with_full_payload_and_executes_once(
     assert d.key not in env.inflight()
     assert env.client.zscore(K.finished, p.id) == to_ms(now)
     assert env.client.hget(K.open_counts, "u1") is None
-    assert not env.client.exists(K.lease(d.key))
+    assert not env.client.exists(K.lease(d.prompt_id))
 
     again = env.deliver(d, now=now + timedelta(seconds=1))
     assert again.outcome is Outcome.SKIPPED
@@ -358,14 +359,14 @@ def test_lease_held_by_another_worker_returns_busy_and_changes_nothing(
 ) -> None:
     p = once(delay=60)
     d = occurrence(p)
-    env.client.set(K.lease(d.key), "someone-else", px=20_000)
+    env.client.set(K.lease(d.prompt_id), "someone-else", px=20_000)
     before = env.raw(p)
     result = env.deliver(d, now=p.next_run_at)
     assert result.outcome is Outcome.BUSY
-    assert 19.0 < result.retry_in <= 20.5
+    assert 0.2 <= result.retry_in <= 2.0  # looks again soon, not after the whole lease
     assert runner.calls == []
     assert env.raw(p) == before
-    assert env.client.get(K.lease(d.key)) == "someone-else"
+    assert env.client.get(K.lease(d.prompt_id)) == "someone-else"
 
 
 # --- deliver: bounds, coalescing, misfire ---------------------------------------------
@@ -478,7 +479,7 @@ def test_runner_error_retries_with_exponential_backoff_then_fails_once_prompt(
         assert result.retry_in == delay
         assert result.error == f"RuntimeError: bot down {attempt - 1}"
         assert env.raw(p) == before  # the record waits for the retry
-        assert not env.client.exists(K.lease(d.key))  # released: the retry can claim
+        assert not env.client.exists(K.lease(d.prompt_id))  # released: the retry can claim
         deadline = env.client.zscore(K.inflight, d.key)
         assert deadline == to_ms(now + timedelta(seconds=delay) + REDRIVE)
         now += timedelta(seconds=delay)
@@ -536,7 +537,7 @@ def test_no_runner_leaves_occurrence_pending_and_names_the_setting(env: Env) -> 
     assert result.error is not None and "SCHEDULED_PROMPTS_RUNNER" in result.error
     assert env.raw(p) == before
     assert d.key in env.inflight()  # not lost: tick re-drives it
-    assert not env.client.exists(K.lease(d.key))
+    assert not env.client.exists(K.lease(d.prompt_id))
     # Once a runner is there, the same occurrence is delivered.
     recorder = Recorder()
     sp.set_bot_runner(recorder)
@@ -773,3 +774,41 @@ def test_prompt_id_ending_in_trigger_is_refused_so_keys_stay_unambiguous(
     assert env.client.dbsize() == before
     p = once("an id with trigger inside", user="mallory", prompt_id="abc:trigger:x", delay=60)
     assert Delivery.from_key(occurrence(p).key) == occurrence(p)
+
+
+def test_cancel_waits_for_a_delivery_in_progress_and_no_delivery_follows_it(
+    env: Env, request: pytest.FixtureRequest
+) -> None:
+    p = sp.schedule_prompt("every minute", user_id="u1", platform="tg", cron="* * * * *")
+    d = occurrence(p)
+    started, release = threading.Event(), threading.Event()
+    calls: list[dict[str, Any]] = []
+
+    class Slow:
+        def handle_webhook(self, payload: dict[str, Any]) -> None:
+            started.set()
+            assert release.wait(10)
+            calls.append(payload)
+
+    sp.set_bot_runner(Slow())
+    request.addfinalizer(lambda: sp.set_bot_runner(None))
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(env.deliver(d, now=p.next_run_at)))
+    worker.start()
+    assert started.wait(10)
+    cancelled: list[sp.ScheduledPrompt] = []
+    canceller = threading.Thread(target=lambda: cancelled.append(sp.cancel_prompt(p.id)))
+    canceller.start()
+    canceller.join(0.3)
+    assert canceller.is_alive(), "cancel must wait while the delivery holds the lease"
+    release.set()
+    worker.join(10)
+    canceller.join(10)
+    assert results[0].outcome is Outcome.DELIVERED and len(calls) == 1
+    # The cancel landed after the commit: the prompt is cancelled with its one run counted,
+    # and the next occurrence (already computed by the commit) is never delivered.
+    assert cancelled[0].status is sp.Status.CANCELLED and cancelled[0].run_count == 1
+    assert p.next_run_at is not None
+    following = p.next_run_at + timedelta(minutes=1)
+    later = env.deliver(Delivery(p.id, to_ms(following)), now=following)
+    assert later.outcome is Outcome.SKIPPED and len(calls) == 1
