@@ -28,7 +28,7 @@ import redis
 from . import store
 from ._time import from_ms, to_iso, to_ms, utcnow
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
-from .models import Kind, RecordError, ScheduledPrompt, Status
+from .models import SCHEMA_VERSION, Kind, RecordError, ScheduledPrompt, Status
 from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
 from .runners import call_runner, get_runner
 from .schedules import next_cron_run, parse_cron
@@ -115,35 +115,11 @@ def deliver(
     passes it so its payload (and idempotency key) stays that of the first attempt.
     """
     now = now or utcnow()
-    token = secrets.token_hex(8)
-    lease_ms = int(ctx.settings.lease_seconds * 1000)
-    expected = "" if delivery.trigger else str(delivery.occurrence_ms)
-    keys = [
-        ctx.keys.prompt(delivery.prompt_id),
-        ctx.keys.lease(delivery.prompt_id),
-        ctx.keys.done(delivery.key),
-        ctx.keys.inflight,
-    ]
-    claim = store.Eval(
-        store.CLAIM,
-        keys,
-        [expected, token, lease_ms, delivery.key, to_ms(now) + redrive_delay(ctx)],
-    ).run(client)
-    state = str(claim[0])
-    if state == "busy":
-        # Another delivery of this prompt is in progress: look again soon (a live holder
-        # finishes in moments; a dead one's lease expires).
-        return Result(Outcome.BUSY, retry_in=min(2.0, max(0.2, int(claim[1]) / 1000 + 0.1)))
-    if state != "ok":
-        log.debug("skipping %s: %s", delivery.key, state)
-        return Result(Outcome.SKIPPED)
-    try:
-        record = ScheduledPrompt.from_json(claim[1])
-    except RecordError as exc:
-        log.error("cannot deliver %s: unreadable record %s: %s", delivery.key, keys[0], exc)
-        _release(client, ctx, delivery, token, None)
-        return Result(Outcome.SKIPPED, error=str(exc))
-    claim_ctx = _Claim(client, ctx, delivery, token, now)
+    claimed = _claim(client, ctx, delivery, now)
+    if isinstance(claimed, Result):
+        return claimed
+    record, claim_ctx = claimed
+    token = claim_ctx.token
     occurrence = from_ms(delivery.occurrence_ms)
     if coalesced_ms is not None:
         occurrence = from_ms(coalesced_ms)
@@ -199,6 +175,44 @@ def deliver(
         return Result(Outcome.FAILED, error=error, record=new)
     new = claim_ctx.commit(lambda r: _finish(r, claim_ctx, occurrence, delivered=True, error=None))
     return Result(Outcome.DELIVERED, record=new)
+
+
+def _claim(
+    client: redis.Redis, ctx: Context, delivery: Delivery, now: datetime
+) -> Result | tuple[ScheduledPrompt, _Claim]:
+    """Run CLAIM: the record and the claim, or the Result that ends this delivery."""
+    token = secrets.token_hex(8)
+    lease_ms = int(ctx.settings.lease_seconds * 1000)
+    expected = "" if delivery.trigger else str(delivery.occurrence_ms)
+    keys = [
+        ctx.keys.prompt(delivery.prompt_id),
+        ctx.keys.lease(delivery.prompt_id),
+        ctx.keys.done(delivery.key),
+        ctx.keys.inflight,
+    ]
+    deadline = to_ms(now) + redrive_delay(ctx)
+    claim = store.Eval(
+        store.CLAIM, keys, [expected, token, lease_ms, delivery.key, deadline, SCHEMA_VERSION]
+    ).run(client)
+    state = str(claim[0])
+    if state == "busy":
+        # Another delivery of this prompt is in progress: look again soon (a live holder
+        # finishes in moments; a dead one's lease expires).
+        return Result(Outcome.BUSY, retry_in=min(2.0, max(0.2, int(claim[1]) / 1000 + 0.1)))
+    if state == "unreadable":
+        log.warning("skipping %s: unreadable record %s (left as it is)", delivery.key, keys[0])
+        return Result(Outcome.SKIPPED, error=f"unreadable record {keys[0]}")
+    if state != "ok":
+        log.debug("skipping %s: %s", delivery.key, state)
+        return Result(Outcome.SKIPPED)
+    try:
+        record = ScheduledPrompt.from_json(claim[1])
+    except RecordError as exc:
+        # Broken fields: leave the record as it is and stop re-driving this occurrence.
+        log.warning("skipping %s: unreadable record %s: %s", delivery.key, keys[0], exc)
+        _release(client, ctx, delivery, token, None, drop=True)
+        return Result(Outcome.SKIPPED, error=str(exc))
+    return record, _Claim(client, ctx, delivery, token, now)
 
 
 def build_payload(

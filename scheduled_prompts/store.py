@@ -149,15 +149,19 @@ CLAIM = Script(
 -- the trigger was not delivered before.
 -- KEYS: record, lease, done, inflight.
 -- ARGV: expected next_run_at, epoch ms ('' for a trigger), token, lease ms, idempotency key,
---       re-drive deadline ms.
--- Returns {'ok', record JSON} | {'busy', lease pttl} | {'stale'} | {'gone'} | {'done'}.
+--       re-drive deadline ms, the schema version this code reads.
+-- Returns {'ok', record JSON} | {'busy', lease pttl} | {'stale'} | {'gone'} | {'done'}
+--       | {'unreadable'} (not JSON, or another schema version: left as it is, and out
+--         of the in-flight set).
 local raw = redis.call('GET', KEYS[1])
 if not raw then redis.call('ZREM', KEYS[4], ARGV[4]); return {'gone'} end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('ZREM', KEYS[4], ARGV[4]); return {'done'}
 end
 local ok, rec = pcall(cjson.decode, raw)
-if not ok or type(rec) ~= 'table' then return {'stale'} end
+if not ok or type(rec) ~= 'table' or rec.schema ~= tonumber(ARGV[6]) then
+  redis.call('ZREM', KEYS[4], ARGV[4]); return {'unreadable'}
+end
 local live = rec.status == 'scheduled' or rec.status == 'active'
 if ARGV[1] == '' then live = live or rec.status == 'paused'
 else live = live and rec.next_run_at == tonumber(ARGV[1]) end

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -812,3 +813,22 @@ def test_cancel_waits_for_a_delivery_in_progress_and_no_delivery_follows_it(
     following = p.next_run_at + timedelta(minutes=1)
     later = env.deliver(Delivery(p.id, to_ms(following)), now=following)
     assert later.outcome is Outcome.SKIPPED and len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "stored", ["{not json", '{"schema": 2, "id": "x", "status": "scheduled"}', "[1, 2]"]
+)
+def test_unreadable_record_is_skipped_with_its_key_logged_and_not_redriven(
+    env: Env, runner: Recorder, caplog: pytest.LogCaptureFixture, stored: str
+) -> None:
+    p = once(delay=60)
+    d = occurrence(p)
+    env.client.set(K.prompt(p.id), stored)
+    with caplog.at_level(logging.WARNING, "scheduled_prompts"):
+        result = env.deliver(d, now=p.next_run_at)
+        redriven = env.tick(now=p.next_run_at + REDRIVE + timedelta(seconds=1))
+    assert result.outcome is Outcome.SKIPPED and runner.calls == []
+    assert K.prompt(p.id) in caplog.text
+    assert d.key not in env.inflight() and redriven == []
+    assert env.client.get(K.prompt(p.id)) == stored  # left for a version that reads it
+    assert not env.client.exists(K.lease(p.id))
