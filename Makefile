@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean venv docs
+.PHONY: run test lint format bench faults clean venv docs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Fault injection with real worker, beat and redis-server processes; prints a table and
+# writes bench/results/faults.json. `make faults ARGS=--quick` for the short version.
+faults: $(STAMP)
+	$(BIN)/python -m bench.faults.run $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
