@@ -58,20 +58,33 @@ def start(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary, origin = found
     parts = urlsplit(url)
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        binary,
-        "--port", str(parts.port or 6379),
-        "--bind", "::1" if parts.hostname == "::1" else "127.0.0.1",
-        "--dir", str(data_dir.resolve()),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--maxmemory-policy", "noeviction",
-        "--logfile", "redis.log",
-    ]  # fmt: skip
-    if parts.password:
-        args += ["--requirepass", parts.password]
-    process = subprocess.Popen(args, start_new_session=True, cwd=data_dir)
+    # The configuration goes in on stdin: a password on the command line would show in
+    # the process list.
+    config = [
+        f"port {parts.port or 6379}",
+        f"bind {'::1' if parts.hostname == '::1' else '127.0.0.1'}",
+        f'dir "{data_dir.resolve()}"',
+        "appendonly yes",
+        "appendfsync everysec",
+        'save ""',
+        "maxmemory-policy noeviction",
+        "logfile redis.log",
+    ]
+    if parts.password and parts.username and parts.username != "default":
+        config += [f"user {parts.username} on >{parts.password} ~* &* +@all", "user default off"]
+    elif parts.password:
+        config.append(f"requirepass {parts.password}")
+    process = subprocess.Popen(
+        [binary, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # it logs to redis.log in the data folder
+        start_new_session=True,
+        cwd=data_dir,
+    )
+    assert process.stdin is not None
+    process.stdin.write(("\n".join(config) + "\n").encode())
+    process.stdin.close()
     deadline = time.monotonic() + 15
     while not answers(url, 0.2):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -54,7 +54,7 @@ def tick(
         rows = promote_op(ctx, now, limit=1000).run(client)
         batch = parse_promoted(rows)
         if batch:
-            publish(batch)
+            _publish(publish, batch)
         promoted += len(batch)
         if int(rows[0]) < 1000:  # the due index has nothing more within the horizon
             break
@@ -67,12 +67,21 @@ def tick(
         batch = [Delivery.from_key(str(k)) for k in keys]
         if batch:
             log.warning("re-driving %d occurrence(s) past their deadline", len(batch))
-            publish(batch)
+            _publish(publish, batch)
         redriven += len(batch)
         if len(batch) < 1000:
             break
     client.set(ctx.keys.beat, to_ms(now))
     return {"promoted": promoted, "redriven": redriven}
+
+
+def _publish(publish: Publish, batch: Sequence[Delivery]) -> None:
+    # The occurrences are already in flight in Redis: if the broker refuses them now, the
+    # next ticks re-drive them past their deadline. A tick never fails for a broker error.
+    try:
+        publish(batch)
+    except Exception as exc:  # kombu raises many kinds of connection errors
+        log.warning("could not publish %d delivery task(s): %s", len(batch), exc)
 
 
 class Outcome(StrEnum):
@@ -151,7 +160,7 @@ def deliver(
     try:
         call_runner(runner, payload)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        error = _without_prompt(f"{type(exc).__name__}: {exc}", record)[:500]
         permanent = isinstance(exc, PermanentDeliveryError)
         if not permanent and attempt <= ctx.settings.max_retries:
             retry_in = backoff(attempt)
@@ -238,6 +247,13 @@ def build_payload(
         # scheduled run cannot schedule more prompts.
         "in_scheduled_run": True,
     }
+
+
+def _without_prompt(text: str, record: ScheduledPrompt) -> str:
+    """An error text safe to log and store: a runner's message may quote the prompt."""
+    if len(record.prompt) >= 8 and record.prompt in text:
+        text = text.replace(record.prompt, "<prompt text>")
+    return text
 
 
 def _latest_missed(record: ScheduledPrompt, occurrence: datetime, now: datetime) -> datetime:

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -180,10 +181,29 @@ def verify_signature(
     except (KeyError, ValueError):
         return False
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_seconds:
+    if not math.isfinite(tolerance_seconds) or abs(current - timestamp) > tolerance_seconds:
         return False
     expected = sign(secret, timestamp, body).partition(",v1=")[2]
     return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
+
+
+class _HideUrlSecrets(logging.Filter):
+    """httpx logs every request's URL at INFO; keep credentials and query values out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _safe_url(a) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+def _safe_url(url: httpx.URL) -> httpx.URL:
+    query = [(k, "***") for k, _ in url.params.multi_items()]
+    return url.copy_with(username=None, password=None, params=query or None)
+
+
+logging.getLogger("httpx").addFilter(_HideUrlSecrets())
 
 
 RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -241,7 +261,9 @@ class WebhookRunner:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = f"webhook answered HTTP {status}: {response.text[:200]}"
+        # The body may echo the request (the prompt text): kept out of errors and INFO logs.
+        log.debug("webhook answered HTTP %s: %s", status, response.text[:200])
+        message = f"webhook answered HTTP {status} {response.reason_phrase}".rstrip()
         if status in RETRY_STATUSES:
             raise DeliveryError(message)
         raise PermanentDeliveryError(message)

@@ -185,7 +185,8 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    # Any *password= parameter (password=, ssl_password= for the client key, …).
+    query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", parts.query)
     if parts.password is None:
         return url if query == parts.query else url.replace(parts.query, query)
     user = parts.username or ""
