@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -280,6 +281,27 @@ class _Claim:
     now: datetime
 
     def commit(
+        self, change: Callable[[ScheduledPrompt], ScheduledPrompt]
+    ) -> ScheduledPrompt | None:
+        """Record the outcome; if Redis is unreachable, keep trying while the lease lasts.
+
+        After the runner returned, giving up would leave the occurrence to be re-driven —
+        a second runner call. Retrying here, as long as our lease keeps others away, turns
+        a Redis outage shorter than the lease into a late commit instead of a repeat.
+        """
+        deadline = time.monotonic() + max(1.0, self.ctx.settings.lease_seconds - 1)
+        pause = 0.2
+        while True:
+            try:
+                return self._commit_once(change)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("commit of %s waits for Redis: %s", self.delivery.key, exc)
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
+
+    def _commit_once(
         self, change: Callable[[ScheduledPrompt], ScheduledPrompt]
     ) -> ScheduledPrompt | None:
         """Compare-and-set ``change(record)`` with the end of the claim, retried on races."""

@@ -27,6 +27,7 @@ from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.store import Context
+from tests.redis_server import RedisServer
 
 K = Keys("sp")
 LEASE = 60.0
@@ -832,3 +833,35 @@ def test_unreadable_record_is_skipped_with_its_key_logged_and_not_redriven(
     assert d.key not in env.inflight() and redriven == []
     assert env.client.get(K.prompt(p.id)) == stored  # left for a version that reads it
     assert not env.client.exists(K.lease(p.id))
+
+
+def test_commit_waits_out_a_redis_outage_shorter_than_the_lease(tmp_path: Any) -> None:
+    """Redis goes away while the runner runs and is back 1.5 s later: the delivery commits
+    late instead of leaving the occurrence to be delivered a second time."""
+
+    server = RedisServer("--appendonly", "yes", directory=str(tmp_path)).start()
+    calls: list[dict[str, Any]] = []
+    try:
+        sp.configure(redis_url=server.url, lease_seconds=20, redis_timeout_seconds=1)
+        p = sp.schedule_prompt("survive", user_id="u1", platform="tg", delay=600)
+        d = occurrence(p)
+
+        class Outage:
+            def handle_webhook(self, payload: dict[str, Any]) -> None:
+                calls.append(payload)
+                server.stop()  # SIGTERM: redis-server writes its AOF and exits
+                threading.Timer(1.5, server.start).start()
+
+        sp.set_bot_runner(Outage())
+        client, ctx = get_redis(), context()
+        result = engine.deliver(client, ctx, d, now=p.next_run_at)
+        assert result.outcome is Outcome.DELIVERED and len(calls) == 1
+        stored = sp.get_prompt(p.id)
+        assert stored is not None and stored.status is sp.Status.EXECUTED
+        assert d.key not in set(client.zrange(K.inflight, 0, -1))
+        again = engine.deliver(client, ctx, d, now=p.next_run_at)
+        assert again.outcome is Outcome.SKIPPED and len(calls) == 1
+    finally:
+        sp.set_bot_runner(None)
+        sp.configure()
+        server.cleanup()
