@@ -495,9 +495,13 @@ def trigger(ctx: Context, prompt_id: str, user_id: str | None, now: datetime) ->
         raise PromptNotFound(prompt_id)
     if record.status.is_terminal:
         raise _refuse(record, "trigger")
-    delivery = Delivery(prompt_id, to_ms(now), trigger=True)
-    # In flight first, then published: if the broker is down, tick re-drives it.
+    # In flight first, then published: if the broker is down, tick re-drives it. Two
+    # triggers in the same millisecond get consecutive keys, never one shared delivery.
     deadline = to_ms(now) + redrive_delay(ctx)
-    yield store.Eval(store.TRACK, [ctx.keys.inflight], [deadline, delivery.key])
-    yield Publish([delivery])
-    return delivery.key
+    for ms in range(to_ms(now), to_ms(now) + 1000):
+        delivery = Delivery(prompt_id, ms, trigger=True)
+        keys = [ctx.keys.inflight, ctx.keys.done(delivery.key)]
+        if (yield store.Eval(store.TRACK, keys, [deadline, delivery.key])):
+            yield Publish([delivery])
+            return delivery.key
+    raise ConflictingPrompt(f"too many triggers of {prompt_id!r} at once; try again")

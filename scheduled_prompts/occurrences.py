@@ -55,7 +55,9 @@ def promote_op(
     """The PROMOTE call for occurrences due within the horizon (only ``ids`` if given)."""
     until = to_ms(now) + int(ctx.settings.horizon_seconds * 1000)
     return store.Eval(
-        store.PROMOTE, [ctx.keys.due, ctx.keys.inflight], [until, limit, redrive_delay(ctx), *ids]
+        store.PROMOTE,
+        [ctx.keys.due, ctx.keys.inflight],
+        [until, limit, redrive_delay(ctx), to_ms(now), *ids],
     )
 
 

@@ -163,7 +163,9 @@ if not ok or type(rec) ~= 'table' or rec.schema ~= tonumber(ARGV[6]) then
   redis.call('ZREM', KEYS[4], ARGV[4]); return {'unreadable'}
 end
 local live = rec.status == 'scheduled' or rec.status == 'active'
-if ARGV[1] == '' then live = live or rec.status == 'paused'
+-- An accepted trigger is delivered unless the prompt was cancelled since (a one-time
+-- prompt that executed meanwhile still gets it).
+if ARGV[1] == '' then live = rec.status ~= 'cancelled'
 else live = live and rec.next_run_at == tonumber(ARGV[1]) end
 if not live then redis.call('ZREM', KEYS[4], ARGV[4]); return {'stale'} end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
@@ -189,14 +191,17 @@ PROMOTE = Script(
     """
 -- Moves occurrences due by ARGV[1] from the due index to the in-flight set, so each is
 -- handed to Celery once. An occurrence already in flight is not returned again.
--- KEYS: due, inflight. ARGV: until ms, limit, re-drive delay ms, [ids...].
+-- KEYS: due, inflight. ARGV: until ms, limit, re-drive delay ms, now ms, [ids...].
 -- With ids, only those are considered (a just-written prompt); else the earliest due.
+-- The re-drive deadline counts from the occurrence, or from now for an overdue one (so
+-- the same tick's re-drive does not publish it a second time).
 -- Returns a flat list: how many due entries were taken, then id, occurrence ms, ...
 local until_ms = tonumber(ARGV[1])
+local now_ms = tonumber(ARGV[4])
 local rows
-if #ARGV > 3 then
+if #ARGV > 4 then
   rows = {}
-  for i = 4, #ARGV do
+  for i = 5, #ARGV do
     local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
     if score and tonumber(score) <= until_ms then
       rows[#rows + 1] = ARGV[i]; rows[#rows + 1] = score
@@ -212,7 +217,7 @@ for i = 1, #rows, 2 do
   redis.call('ZREM', KEYS[1], id)
   local key = id .. ':' .. string.format('%d', tonumber(score))
   if not redis.call('ZSCORE', KEYS[2], key) then
-    redis.call('ZADD', KEYS[2], tonumber(score) + tonumber(ARGV[3]), key)
+    redis.call('ZADD', KEYS[2], math.max(tonumber(score), now_ms) + tonumber(ARGV[3]), key)
     out[#out + 1] = id; out[#out + 1] = string.format('%d', tonumber(score))
   end
 end
@@ -222,8 +227,9 @@ return out
 
 TRACK = Script(
     """
--- Puts one occurrence in flight (a trigger) unless it is there already.
--- KEYS: inflight. ARGV: deadline ms, idempotency key.
+-- Puts a trigger in flight unless that key is in flight or was delivered already.
+-- KEYS: inflight, done marker. ARGV: deadline ms, idempotency key. Returns 1 if added.
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 return redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
 """
 )
