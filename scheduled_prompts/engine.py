@@ -289,7 +289,11 @@ class _Claim:
         a second runner call. Retrying here, as long as our lease keeps others away, turns
         a Redis outage shorter than the lease into a late commit instead of a repeat.
         """
-        deadline = time.monotonic() + max(1.0, self.ctx.settings.lease_seconds - 1)
+        # At least two socket timeouts, so a Redis that hangs (rather than refuses) gets
+        # a second try even when the lease is short.
+        settings = self.ctx.settings
+        budget = max(1.0, settings.lease_seconds - 1, 2 * settings.redis_timeout_seconds + 1)
+        deadline = time.monotonic() + budget
         pause = 0.2
         while True:
             try:

@@ -1,0 +1,253 @@
+"""Processes for the fault suite: the end-to-end ``Cluster`` with a persistent Redis, a
+Celery config override, supervised workers and beats, and ``scheduled-prompts up``.
+
+A supervised process is restarted one second after it exits, as ``scheduled-prompts up``
+and a container restart policy do: the Redis-restart hazard (kombu exiting the worker
+with an ``AttributeError``) is survived by restarting, and the suite shows that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import scheduled_prompts
+from tests.e2e.cluster import REPO, Cluster, Process
+from tests.redis_server import RedisServer
+
+UP = Path(sys.executable).parent / "scheduled-prompts"
+HAZARD = "Unrecoverable error"
+
+
+class Proc(Process):
+    """:class:`Process` started in a chosen folder (``cwd`` decides which ``celeryconfig``
+    Celery imports: ``python -m celery`` puts the working folder first on ``sys.path``)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, cwd: Path):
+        self.name = name
+        self.log = log
+        self._out = log.open("ab")
+        self.popen = subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def pids(self) -> set[int]:
+        """The processes of its group (a worker and its pool children)."""
+        return {pid for pid, (_, group) in _proc_table().items() if group == self.popen.pid}
+
+
+@dataclass
+class Exit:
+    name: str
+    at: float
+    status: int | None
+    hazard: bool  # the kombu AttributeError after a broker restart
+
+
+@dataclass
+class Supervised:
+    """Keeps one process running: restarts it ``delay`` seconds after it exits."""
+
+    name: str
+    factory: Callable[[int], Proc]
+    delay: float = 1.0
+    restart: bool = True  # False: a process that exits stays down
+    current: Proc = field(init=False)
+    incarnations: list[Proc] = field(default_factory=list)
+    exits: list[Exit] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.current = self._spawn()
+        self._thread = threading.Thread(target=self._watch, name=self.name, daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> Proc:
+        proc = self.factory(len(self.incarnations) + 1)
+        self.incarnations.append(proc)
+        return proc
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            with self._lock:
+                status = self.current.popen.poll()
+                if status is None:
+                    continue
+                hazard = HAZARD in self.current.text()
+                self.exits.append(Exit(self.name, time.time(), status, hazard))
+            if self._stop.wait(self.delay) or not self.restart:
+                return
+            with self._lock:
+                if not self._stop.is_set():
+                    self.current = self._spawn()
+
+    def kill9(self) -> set[int]:
+        """SIGKILL the process group; returns the pids that were killed."""
+        with self._lock:
+            pids = self.current.pids()
+            os.killpg(self.current.popen.pid, signal.SIGKILL)
+            return pids
+
+    def terminate(self) -> None:
+        """SIGTERM the main process: Celery's warm shutdown."""
+        with self._lock:
+            os.kill(self.current.popen.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for proc in self.incarnations:
+            proc.stop()
+
+
+def celery_args(kind: str, name: str, tmp: Path, concurrency: int = 2) -> list[str]:
+    base = [sys.executable, "-m", "celery", "-A", "scheduled_prompts", kind, "--loglevel=INFO"]
+    if kind == "worker":
+        return [*base, f"--concurrency={concurrency}", "-n", f"{name}@%h",
+                "--without-mingle", "--without-gossip"]  # fmt: skip
+    return [*base, "-s", str(tmp / f"{name}-schedule")]
+
+
+class FaultCluster(Cluster):
+    """The end-to-end cluster, with a Redis that can be restarted on the same port and
+    data, an optional ``celeryconfig`` override, and supervised processes.
+
+    ``Cluster.__init__`` is not called: it starts a Redis without persistence.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        redis_args: tuple[str, ...] = (),
+        celeryconfig: str | None = None,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.tmp = tmp
+        self.redis_dir = tmp / "redis"
+        self.redis_dir.mkdir(parents=True)
+        self.redis = RedisServer(*redis_args, directory=str(self.redis_dir)).start()
+        self.records = tmp / "records.jsonl"
+        self.settings = {
+            "redis_url": self.redis.url,
+            "queue": f"faults-{uuid.uuid4().hex[:8]}",
+            "tick_seconds": 1,
+            "lease_seconds": 5,
+            "runner": "tests.recording_runner:RecordingRunner",
+            **settings,
+        }
+        self.cwd = REPO
+        path = str(REPO)
+        if celeryconfig is not None:
+            # Shadows the repository's celeryconfig.py for these processes only.
+            self.cwd = tmp / "conf"
+            self.cwd.mkdir()
+            (self.cwd / "celeryconfig.py").write_text(celeryconfig)
+            path = f"{self.cwd}{os.pathsep}{REPO}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")},
+            **{f"SCHEDULED_PROMPTS_{k.upper()}": str(v) for k, v in self.settings.items()},
+            "SP_TEST_RECORD_FILE": str(self.records),
+            "PYTHONPATH": path,
+            **(env or {}),
+        }
+        self.processes: list[Process] = []
+        self.supervised: list[Supervised] = []
+        scheduled_prompts.configure(**self.settings)
+
+    def spawn(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(name, args, self.env, self.tmp / f"{name}.log", self.cwd)
+        self.processes.append(proc)
+        return proc
+
+    def supervise(self, kind: str, name: str, *, concurrency: int = 2) -> Supervised:
+        """A worker or beat restarted whenever it exits; waits until the first is up."""
+        args = celery_args(kind, name, self.tmp, concurrency)
+        sup = Supervised(name, lambda n: self.spawn(f"{name}.{n}", args))
+        self.supervised.append(sup)
+        sup.current.wait_for(" ready." if kind == "worker" else "beat: Starting", timeout=60)
+        return sup
+
+    def start_beat(self, name: str) -> Proc:
+        proc = self.spawn(name, celery_args("beat", name, self.tmp))
+        proc.wait_for("beat: Starting", timeout=60)
+        return proc
+
+    def up(self) -> Up:
+        """``scheduled-prompts up`` against this cluster's Redis (it supervises worker and
+        beat itself); returns once its worker is ready."""
+        args = [str(UP), "up", "--concurrency=4", "--loglevel=INFO", f"--data-dir={self.tmp}/up"]
+        proc = Up("up", args, self.env, self.tmp / "up.log", self.cwd)
+        self.processes.append(proc)
+        proc.wait_for(" ready.", timeout=60)
+        return proc
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.text()}" for p in self.processes)
+
+    def close(self) -> None:
+        for sup in self.supervised:
+            sup._stop.set()
+        for sup in self.supervised:
+            sup.stop()
+        if self.redis.process is not None:
+            self.redis.process.send_signal(signal.SIGCONT)  # in case a scenario left it stopped
+        super().close()
+
+
+class Up(Proc):
+    """``scheduled-prompts up``: its worker and beat run in sessions of their own."""
+
+    def children(self) -> list[int]:
+        return [pid for pid, (parent, _) in _proc_table().items() if parent == self.popen.pid]
+
+    def restarts(self) -> int:
+        return self.text().count("[up] restarting")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            children = self.children()
+            self.popen.send_signal(signal.SIGTERM)  # up stops its children in order
+            try:
+                self.popen.wait(45)
+            except subprocess.TimeoutExpired:
+                for pid in {*children, *self.children()}:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)  # each child leads its own group
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live process, from /proc (Linux)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        if fields and fields[0] != "Z":  # a zombie is already dead
+            table[int(name)] = (int(fields[1]), int(fields[2]))
+    return table
