@@ -24,6 +24,7 @@ from .schedules import first_cron_run, parse_cron
 from .settings import Settings
 from .store import Context, Put
 from .validation import (
+    SCHEDULE_ARGS,
     ScheduleRequest,
     apply_update,
     build_prompt,
@@ -85,23 +86,6 @@ def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime)
         if deliveries:
             published += yield Publish(deliveries)
     return published
-
-
-SCHEDULE_ARGS = (
-    "user_id",
-    "platform",
-    "channel_id",
-    "at",
-    "delay",
-    "cron",
-    "timezone",
-    "start_at",
-    "end_at",
-    "max_runs",
-    "misfire_grace_seconds",
-    "metadata",
-    "prompt_id",
-)
 
 
 def build_from_spec(

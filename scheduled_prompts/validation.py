@@ -34,22 +34,24 @@ _PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 _MAX_NAME_CHARS = 256
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
-#: Keyword arguments ``update_prompt`` accepts.
-UPDATABLE = frozenset(
-    {
-        "prompt",
-        "channel_id",
-        "at",
-        "delay",
-        "cron",
-        "timezone",
-        "start_at",
-        "end_at",
-        "max_runs",
-        "misfire_grace_seconds",
-        "metadata",
-    }
+#: Keyword arguments of ``schedule_prompt`` after the prompt text.
+SCHEDULE_ARGS = (
+    "user_id",
+    "platform",
+    "channel_id",
+    "at",
+    "delay",
+    "cron",
+    "timezone",
+    "start_at",
+    "end_at",
+    "max_runs",
+    "misfire_grace_seconds",
+    "metadata",
+    "prompt_id",
 )
+#: Keyword arguments ``update_prompt`` accepts: all but the identity of the prompt.
+UPDATABLE = frozenset({"prompt", *SCHEDULE_ARGS} - {"user_id", "platform", "prompt_id"})
 
 
 _last_id = 0
