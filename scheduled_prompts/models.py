@@ -107,10 +107,13 @@ class ScheduledPrompt:
     trigger_count: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        if not isinstance(self.kind, Kind):
+            object.__setattr__(self, "kind", Kind(self.kind))
+        if not isinstance(self.status, Status):
+            object.__setattr__(self, "status", Status(self.status))
         # The caller's dict is copied so the record cannot change behind its back.
-        object.__setattr__(self, "metadata", copy.deepcopy(self.metadata))
-        object.__setattr__(self, "status", Status(self.status))
+        meta = copy.deepcopy(self.metadata) if self.metadata else {}
+        object.__setattr__(self, "metadata", meta)
         for name in _DATETIME_FIELDS:
             value = getattr(self, name)
             if value is None:
@@ -169,16 +172,17 @@ class ScheduledPrompt:
         per prompt, so every byte counts a million times.
         """
         data: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is None or (f.name in _DEFAULTS and value == _DEFAULTS[f.name]):
+        fields = self.__dict__  # this runs for every stored write: no dataclasses.fields()
+        for name in _FIELD_ORDER:
+            value = fields[name]
+            if value is None or (name in _DEFAULTS and value == _DEFAULTS[name]):
                 continue
-            if isinstance(value, datetime):
+            if name in _DATETIME_FIELDS:
                 value = to_ms(value)
-            elif isinstance(value, StrEnum):
+            elif name in ("kind", "status"):
                 value = value.value
-            data[f.name] = value
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            data[name] = value
+        return _COMPACT.encode(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduledPrompt:
@@ -210,3 +214,7 @@ class ScheduledPrompt:
             raise
         except (ValueError, TypeError) as exc:
             raise RecordError(f"unreadable record: {exc}") from exc
+
+
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

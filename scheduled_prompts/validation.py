@@ -6,6 +6,7 @@ nothing. Every message says what was wrong and what is accepted.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from .settings import Settings
 _PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 _MAX_NAME_CHARS = 256
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 #: Keyword arguments of ``schedule_prompt`` after the prompt text.
 SCHEDULE_ARGS = (
@@ -70,11 +72,10 @@ def new_prompt_id() -> str:
         if value >> 80 == _last_id >> 80 and value <= _last_id:
             value = _last_id + 1
         _last_id = value
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # The 128 bits as 26 base32 digits (130 bits, left-aligned in 17 bytes for b32encode);
+    # the standard alphabet is translated digit for digit to Crockford's, which sorts.
+    encoded = base64.b32encode((value << 6).to_bytes(17, "big"))[:26]
+    return encoded.translate(_TO_CROCKFORD).decode()
 
 
 @dataclass(frozen=True)
