@@ -33,20 +33,6 @@ class Proc(Process):
     """:class:`Process` started in a chosen folder (``cwd`` decides which ``celeryconfig``
     Celery imports: ``python -m celery`` puts the working folder first on ``sys.path``)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, cwd: Path):
-        self.name = name
-        self.log = log
-        self._out = log.open("ab")
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
     def pids(self) -> set[int]:
         """The processes of its group (a worker and its pool children)."""
         return {pid for pid, (_, group) in _proc_table().items() if group == self.popen.pid}

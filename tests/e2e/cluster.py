@@ -23,14 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 class Process:
     """A child in its own process group (so ``kill -9`` reaches its pool children)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+    ) -> None:
         self.name = name
         self.log = log
         self._out = log.open("ab")
         self.popen = subprocess.Popen(
             args,
             env=env,
-            cwd=REPO,
+            cwd=cwd,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
