@@ -222,7 +222,7 @@ def _claim(
         log.warning("skipping %s: unreadable record %s: %s", delivery.key, keys[0], exc)
         _release(client, ctx, delivery, token, None, drop=True)
         return Result(Outcome.SKIPPED, error=str(exc))
-    return record, _Claim(client, ctx, delivery, token, now)
+    return record, _Claim(client, ctx, delivery, token, now, str(claim[1]))
 
 
 def build_payload(
@@ -279,6 +279,8 @@ class _Claim:
     delivery: Delivery
     token: str
     now: datetime
+    #: The stored JSON the claim read; the first commit attempt compares against it.
+    claimed: str | None = None
 
     def commit(
         self, change: Callable[[ScheduledPrompt], ScheduledPrompt]
@@ -312,8 +314,11 @@ class _Claim:
         keys = self.ctx.keys
         rkey = keys.prompt(self.delivery.prompt_id)
         done_ttl = str(int(DONE_TTL.total_seconds() * 1000)) if self.delivery.trigger else ""
+        # The record as CLAIM read it is usually still current: try it before reading again.
+        raw: str | bytes | None = self.claimed
         for _ in range(_CAS_ATTEMPTS):
-            raw = self.client.get(rkey)
+            if raw is None:
+                raw = self.client.get(rkey)
             record = store.parse_record(rkey, raw)
             if record is None or raw is None:
                 _release(self.client, self.ctx, self.delivery, self.token, None, drop=True)
@@ -330,6 +335,7 @@ class _Claim:
             ).run(self.client)  # fmt: skip
             if str(result) == "ok":
                 return new
+            raw = None  # changed meanwhile: read it again
         raise RuntimeError(f"could not commit {self.delivery.key}: the record kept changing")
 
 
