@@ -17,6 +17,7 @@ import pytest
 
 import scheduled_prompts as sp
 from scheduled_prompts import embedded
+from tests.e2e.cluster import Process
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,24 +46,11 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-class Up:
+class Up(Process):
     """One ``scheduled-prompts up`` in its own session, output in a log file."""
 
     def __init__(self, cwd: Path, env: dict[str, str], *args: str, name: str = "up") -> None:
-        self.log = cwd / f"{name}.log"
-        self._out = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            [str(SCRIPT), "up", *args],
-            cwd=cwd,
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        super().__init__(name, [str(SCRIPT), "up", *args], env, cwd / f"{name}.log", cwd)
 
     def wait_for(self, needle: str, timeout: float = 30, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
