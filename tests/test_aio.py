@@ -422,7 +422,9 @@ def test_asyncio_run_closes_its_redis_connections(r: redis.Redis, redis_url: str
             sp.configure(redis_url=redis_url)
             gc.collect()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert left_open == 0, f"{left_open} connection(s) open after 5 asyncio.run calls ended"
+    # <= 0: a connection left over from an earlier test may close meanwhile; a leak would
+    # leave up to five more open.
+    assert left_open <= 0, f"{left_open} connection(s) open after 5 asyncio.run calls ended"
     assert leaks == []
 
 
