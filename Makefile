@@ -25,6 +25,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Benchmarks against the peers (celery-redbeat, the full-scan design, plain ETA tasks):
+# one table each, JSON under bench/results/. `make bench ARGS=--quick` for small sizes,
+# `ARGS="--only tick,burst"` for some. See docs/performance.md.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
 # Fault injection with real worker, beat and redis-server processes; prints a table and
 # writes bench/results/faults.json. `make faults ARGS=--quick` for the short version.
 faults: $(STAMP)

@@ -8,6 +8,8 @@ The life of one occurrence (see docs/design.md):
    published. The in-flight entry carries a re-drive deadline.
 3. ``deliver`` claims the occurrence (lease) only while the record still schedules it,
    calls the runner, then commits atomically: the record moves on and the claim ends.
+   Occurrences due together travel in one ``deliver_batch`` task: one claim and one
+   commit round trip for the lot (``claims.py``).
 4. If the task is lost or its worker dies, the deadline passes and ``tick`` re-drives it.
 
 Time is a parameter everywhere (``now=``); Celery lives in ``tasks.py``.
@@ -15,31 +17,28 @@ Time is a parameter everywhere (``now=``); Celery lives in ``tasks.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import redis
 
 from . import store
 from ._time import from_ms, to_iso, to_ms, utcnow
+from .claims import DONE_TTL, Change, Claimed, Claims, Outcome, Result
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
-from .models import SCHEMA_VERSION, Kind, RecordError, ScheduledPrompt, Status
+from .models import Kind, ScheduledPrompt, Status
 from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
 from .runners import call_runner, get_runner
 from .schedules import next_cron_run, parse_cron
 from .store import Context
 
-log = logging.getLogger("scheduled_prompts.engine")
+__all__ = ["DONE_TTL", "Outcome", "Result", "backoff", "deliver", "deliver_many", "tick"]
 
-#: How long a delivered trigger's marker is kept (duplicate messages arrive within it).
-DONE_TTL = timedelta(days=7)
-_CAS_ATTEMPTS = 50
+log = logging.getLogger("scheduled_prompts.engine")
 
 
 def tick(
@@ -85,26 +84,6 @@ def _publish(publish: Publish, batch: Sequence[Delivery]) -> None:
         log.warning("could not publish %d delivery task(s): %s", len(batch), exc)
 
 
-class Outcome(StrEnum):
-    DELIVERED = "delivered"
-    SKIPPED = "skipped"  # stale, gone, already done: nothing to do
-    BUSY = "busy"  # another deliverer holds the lease
-    RETRY = "retry"  # runner failed, retry later
-    FAILED = "failed"  # runner failed for good: recorded
-    MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
-    NO_RUNNER = "no_runner"  # left pending
-
-
-@dataclass(frozen=True)
-class Result:
-    outcome: Outcome
-    retry_in: float = 0.0
-    error: str | None = None
-    record: ScheduledPrompt | None = None
-    #: The occurrence delivered (after coalescing); retries pass it back unchanged.
-    occurrence_ms: int | None = None
-
-
 def backoff(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1-based): 2, 4, 8, … capped at 5 min."""
     return float(min(300, 2**attempt))
@@ -124,12 +103,92 @@ def deliver(
     ``coalesced_ms`` is the occurrence a first attempt chose when coalescing; a retry
     passes it so its payload (and idempotency key) stays that of the first attempt.
     """
-    now = now or utcnow()
-    claimed = _claim(client, ctx, delivery, now)
-    if isinstance(claimed, Result):
-        return claimed
-    record, claim_ctx = claimed
-    token = claim_ctx.token
+    return _deliver(client, ctx, [delivery], attempt, coalesced_ms, fixed_now=now)[0]
+
+
+def deliver_many(
+    client: redis.Redis,
+    ctx: Context,
+    deliveries: Sequence[Delivery],
+    *,
+    now: datetime | None = None,
+) -> list[Result]:
+    """Deliver first attempts of several occurrences: one claim and one commit round trip.
+
+    Each occurrence gets exactly what :func:`deliver` would give it; the results are in
+    the order of ``deliveries``. Runners are called one after the other; finished outcomes
+    are committed together at the end, or before a runner call that would make them
+    wait longer than :data:`COMMIT_EVERY` (judged by the previous call's duration), so
+    slow runners commit one by one and fast ones in one round trip.
+    """
+    return _deliver(client, ctx, deliveries, 1, None, fixed_now=now)
+
+
+#: Longest a finished outcome waits for the rest of its batch before it is committed.
+#: It bounds what a crash between runner return and commit can repeat in a batch.
+COMMIT_EVERY = 0.05
+
+
+def _deliver(
+    client: redis.Redis,
+    ctx: Context,
+    deliveries: Sequence[Delivery],
+    attempt: int,
+    coalesced_ms: int | None,
+    *,
+    fixed_now: datetime | None,
+) -> list[Result]:
+    claims = Claims(client, ctx)
+    taken = claims.claim(deliveries, fixed_now or utcnow())
+    results: list[Result | None] = [r if isinstance(r, Result) else None for r in taken]
+    held = [(i, c) for i, c in enumerate(taken) if isinstance(c, Claimed)]
+    pending: list[tuple[int, Claimed, Change, Result]] = []
+    oldest = last_call = 0.0
+    for n, (i, claimed) in enumerate(held):
+        # Commit what is finished before a call that may take long (going by the last).
+        if pending and time.monotonic() - oldest + last_call >= COMMIT_EVERY:
+            _commit(claims, pending, results)
+            pending = []
+        # Runners may take long: keep the leases of what is still to run or to commit.
+        still = [c for _, c in held[n:]] + [c for _, c, _, _ in pending]
+        if not claims.keep(still)[0]:
+            log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
+            results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")
+            continue
+        now = fixed_now or utcnow()
+        started = time.monotonic()
+        step = _run_one(claims, claimed, attempt, coalesced_ms, now)
+        last_call = time.monotonic() - started
+        if isinstance(step, Result):
+            results[i] = step
+            continue
+        if not pending:
+            oldest = time.monotonic()
+        pending.append((i, claimed, *step))
+    _commit(claims, pending, results)
+    return [r if r is not None else Result(Outcome.SKIPPED) for r in results]
+
+
+def _commit(
+    claims: Claims, pending: list[tuple[int, Claimed, Change, Result]], results: list[Result | None]
+) -> None:
+    if not pending:
+        return
+    records = claims.commit([(claimed, change) for _, claimed, change, _ in pending])
+    for (i, _, _, result), record in zip(pending, records, strict=True):
+        results[i] = dataclasses.replace(result, record=record)
+
+
+def _run_one(
+    claims: Claims,
+    claimed: Claimed,
+    attempt: int,
+    coalesced_ms: int | None,
+    now: datetime,
+) -> Result | tuple[Change, Result]:
+    """Decide and run one claimed occurrence: a final Result (nothing to commit), or the
+    change to commit with the Result it stands for."""
+    record, delivery = claimed.record, claimed.delivery
     occurrence = from_ms(delivery.occurrence_ms)
     if coalesced_ms is not None:
         occurrence = from_ms(coalesced_ms)
@@ -146,15 +205,14 @@ def deliver(
             f"more than misfire_grace_seconds={grace:g}"
         )
         log.warning("prompt %s %s", record.id, error)
-        new = claim_ctx.commit(
-            lambda r: _finish(r, claim_ctx, occurrence, delivered=False, error=error)
+        return _finisher(delivery, now, occurrence, False, error), Result(
+            Outcome.MISSED, error=error
         )
-        return Result(Outcome.MISSED, error=error, record=new)
     try:
         runner = get_runner(record.platform)
     except (RunnerNotConfigured, ValueError) as exc:
         log.error("cannot deliver %s: %s", delivery.key, exc)
-        _release(client, ctx, delivery, token, None)
+        claims.release(delivery, None)
         return Result(Outcome.NO_RUNNER, error=str(exc))
     key = delivery.key if delivery.trigger else f"{record.id}:{to_ms(occurrence)}"
     payload = build_payload(record, key, occurrence, now, attempt)
@@ -163,7 +221,7 @@ def deliver(
     except Exception as exc:
         error = _without_prompt(f"{type(exc).__name__}: {exc}", record)[:500]
         permanent = isinstance(exc, PermanentDeliveryError)
-        if not permanent and attempt <= ctx.settings.max_retries:
+        if not permanent and attempt <= claims.ctx.settings.max_retries:
             retry_in = backoff(attempt)
             log.warning(
                 "runner failed for %s (attempt %d), retry in %.0fs: %s",
@@ -172,57 +230,25 @@ def deliver(
                 retry_in,
                 error,
             )
-            _release(client, ctx, delivery, token, now + timedelta(seconds=retry_in))
+            claims.release(delivery, now + timedelta(seconds=retry_in))
             return Result(
                 Outcome.RETRY, retry_in=retry_in, error=error, occurrence_ms=to_ms(occurrence)
             )
         if not isinstance(exc, DeliveryError | PermanentDeliveryError):
             log.exception("runner raised for %s", key)
         log.error("giving up on %s after %d attempt(s): %s", key, attempt, error)
-        new = claim_ctx.commit(
-            lambda r: _finish(r, claim_ctx, occurrence, delivered=False, error=error)
+        return _finisher(delivery, now, occurrence, False, error), Result(
+            Outcome.FAILED, error=error
         )
-        return Result(Outcome.FAILED, error=error, record=new)
-    new = claim_ctx.commit(lambda r: _finish(r, claim_ctx, occurrence, delivered=True, error=None))
-    return Result(Outcome.DELIVERED, record=new)
+    return _finisher(delivery, now, occurrence, True, None), Result(Outcome.DELIVERED)
 
 
-def _claim(
-    client: redis.Redis, ctx: Context, delivery: Delivery, now: datetime
-) -> Result | tuple[ScheduledPrompt, _Claim]:
-    """Run CLAIM: the record and the claim, or the Result that ends this delivery."""
-    token = secrets.token_hex(8)
-    lease_ms = int(ctx.settings.lease_seconds * 1000)
-    expected = "" if delivery.trigger else str(delivery.occurrence_ms)
-    keys = [
-        ctx.keys.prompt(delivery.prompt_id),
-        ctx.keys.lease(delivery.prompt_id),
-        ctx.keys.done(delivery.key),
-        ctx.keys.inflight,
-    ]
-    deadline = to_ms(now) + redrive_delay(ctx)
-    claim = store.Eval(
-        store.CLAIM, keys, [expected, token, lease_ms, delivery.key, deadline, SCHEMA_VERSION]
-    ).run(client)
-    state = str(claim[0])
-    if state == "busy":
-        # Another delivery of this prompt is in progress: look again soon (a live holder
-        # finishes in moments; a dead one's lease expires).
-        return Result(Outcome.BUSY, retry_in=min(2.0, max(0.2, int(claim[1]) / 1000 + 0.1)))
-    if state == "unreadable":
-        log.warning("skipping %s: unreadable record %s (left as it is)", delivery.key, keys[0])
-        return Result(Outcome.SKIPPED, error=f"unreadable record {keys[0]}")
-    if state != "ok":
-        log.debug("skipping %s: %s", delivery.key, state)
-        return Result(Outcome.SKIPPED)
-    try:
-        record = ScheduledPrompt.from_json(claim[1])
-    except RecordError as exc:
-        # Broken fields: leave the record as it is and stop re-driving this occurrence.
-        log.warning("skipping %s: unreadable record %s: %s", delivery.key, keys[0], exc)
-        _release(client, ctx, delivery, token, None, drop=True)
-        return Result(Outcome.SKIPPED, error=str(exc))
-    return record, _Claim(client, ctx, delivery, token, now, str(claim[1]))
+def _finisher(
+    delivery: Delivery, now: datetime, occurrence: datetime, delivered: bool, error: str | None
+) -> Change:
+    return lambda record: _finish(
+        record, delivery, now, occurrence, delivered=delivered, error=error
+    )
 
 
 def build_payload(
@@ -272,83 +298,16 @@ def _latest_missed(record: ScheduledPrompt, occurrence: datetime, now: datetime)
     return latest
 
 
-@dataclass(frozen=True)
-class _Claim:
-    client: redis.Redis
-    ctx: Context
-    delivery: Delivery
-    token: str
-    now: datetime
-    #: The stored JSON the claim read; the first commit attempt compares against it.
-    claimed: str | None = None
-
-    def commit(
-        self, change: Callable[[ScheduledPrompt], ScheduledPrompt]
-    ) -> ScheduledPrompt | None:
-        """Record the outcome; if Redis is unreachable, keep trying while the lease lasts.
-
-        After the runner returned, giving up would leave the occurrence to be re-driven —
-        a second runner call. Retrying here, as long as our lease keeps others away, turns
-        a Redis outage shorter than the lease into a late commit instead of a repeat.
-        """
-        # At least two socket timeouts, so a Redis that hangs (rather than refuses) gets
-        # a second try even when the lease is short.
-        settings = self.ctx.settings
-        budget = max(1.0, settings.lease_seconds - 1, 2 * settings.redis_timeout_seconds + 1)
-        deadline = time.monotonic() + budget
-        pause = 0.2
-        while True:
-            try:
-                return self._commit_once(change)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + pause > deadline:
-                    raise
-                log.warning("commit of %s waits for Redis: %s", self.delivery.key, exc)
-                time.sleep(pause)
-                pause = min(2.0, pause * 2)
-
-    def _commit_once(
-        self, change: Callable[[ScheduledPrompt], ScheduledPrompt]
-    ) -> ScheduledPrompt | None:
-        """Compare-and-set ``change(record)`` with the end of the claim, retried on races."""
-        keys = self.ctx.keys
-        rkey = keys.prompt(self.delivery.prompt_id)
-        done_ttl = str(int(DONE_TTL.total_seconds() * 1000)) if self.delivery.trigger else ""
-        # The record as CLAIM read it is usually still current: try it before reading again.
-        raw: str | bytes | None = self.claimed
-        for _ in range(_CAS_ATTEMPTS):
-            if raw is None:
-                raw = self.client.get(rkey)
-            record = store.parse_record(rkey, raw)
-            if record is None or raw is None:
-                _release(self.client, self.ctx, self.delivery, self.token, None, drop=True)
-                return None
-            new = change(record)
-            due, finished = store.index_entries(new)
-            delta = int(new.status.is_open) - int(record.status.is_open)
-            result = store.Eval(
-                store.COMMIT,
-                [keys.ids, keys.due, keys.finished, keys.open_counts, rkey, keys.user(new.user_id),
-                 keys.lease(self.delivery.prompt_id), keys.done(self.delivery.key), keys.inflight],
-                [str(raw), new.id, new.user_id, new.to_json(), due, finished, delta, self.token,
-                 self.delivery.key, done_ttl],
-            ).run(self.client)  # fmt: skip
-            if str(result) == "ok":
-                return new
-            raw = None  # changed meanwhile: read it again
-        raise RuntimeError(f"could not commit {self.delivery.key}: the record kept changing")
-
-
 def _finish(
     record: ScheduledPrompt,
-    claim: _Claim,
+    delivery: Delivery,
+    now: datetime,
     occurrence: datetime,
     *,
     delivered: bool,
     error: str | None,
 ) -> ScheduledPrompt:
     """The record after an occurrence was delivered, missed, or failed for good."""
-    now = claim.now
     changes: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
     if delivered:
         changes["run_count"] = record.run_count + 1
@@ -356,11 +315,11 @@ def _finish(
     if error is not None:
         changes["last_error"] = error
         changes["failure_count"] = record.failure_count + 1
-    if claim.delivery.trigger:
+    if delivery.trigger:
         if delivered:
             changes["trigger_count"] = record.trigger_count + 1
         return record.replace(**changes)
-    holds = record.is_live and record.next_run_at == from_ms(claim.delivery.occurrence_ms)
+    holds = record.is_live and record.next_run_at == from_ms(delivery.occurrence_ms)
     if not holds:
         # Cancelled, paused or rescheduled while the runner ran: keep the new schedule.
         return record.replace(**changes)
@@ -379,23 +338,3 @@ def _finish(
         changes["status"] = Status.EXECUTED
     changes["next_run_at"] = following
     return record.replace(**changes)
-
-
-def _release(
-    client: redis.Redis,
-    ctx: Context,
-    delivery: Delivery,
-    token: str,
-    retry_at: datetime | None,
-    *,
-    drop: bool = False,
-) -> None:
-    """End a claim without committing: retry later (``retry_at``) or leave it to re-drive."""
-    deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(ctx)
-    store.Eval(
-        store.RELEASE,
-        [ctx.keys.lease(delivery.prompt_id), ctx.keys.inflight],
-        [token, delivery.key, deadline],
-    ).run(client)
-    if drop:
-        client.zrem(ctx.keys.inflight, delivery.key)

@@ -64,3 +64,28 @@ def promote_op(
 def parse_promoted(rows: Sequence[Any]) -> list[Delivery]:
     """The deliveries of a PROMOTE result (its first element is the count it took)."""
     return [Delivery(str(rows[i]), int(rows[i + 1])) for i in range(1, len(rows), 2)]
+
+
+def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[list[Delivery]]:
+    """Group occurrences due close together, for one ``deliver_batch`` task each.
+
+    Sorted by due time, a group takes occurrences while they are due within
+    ``window_ms`` of its first and it holds fewer than ``size``. A group is sent for its
+    latest occurrence, so none fires early and none later than ``window_ms``. Triggers
+    (one extra delivery, sent as it is asked for) and ``size`` 1 give one group each.
+    """
+    groups: list[list[Delivery]] = []
+    current: list[Delivery] = []
+    for d in sorted(deliveries, key=lambda d: d.occurrence_ms):
+        if d.trigger or size <= 1:
+            groups.append([d])
+            continue
+        if current and (
+            len(current) >= size or d.occurrence_ms - current[0].occurrence_ms > window_ms
+        ):
+            groups.append(current)
+            current = []
+        current.append(d)
+    if current:
+        groups.append(current)
+    return groups

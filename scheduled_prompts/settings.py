@@ -47,6 +47,12 @@ class Settings:
         60.0, "How long a delivery holds its claim before another may re-drive it."
     )
     max_retries: int = _setting(5, "Runner failures retried (exponential backoff).")
+    deliver_batch_size: int = _setting(
+        200, "Most occurrences one `deliver_batch` task carries; 1 sends one task each."
+    )
+    deliver_batch_window_ms: int = _setting(
+        20, "Occurrences due within this many ms of each other may share a batch."
+    )
     cleanup_days: int = _setting(7, "Terminal prompts older than this are removed.")
     active_platforms: tuple[str, ...] | None = _setting(
         None, "Comma-separated platforms hydration re-enqueues; unset means all."
@@ -113,6 +119,8 @@ _NON_NEGATIVE = {
     "horizon_seconds",
     "lease_seconds",
     "max_retries",
+    "deliver_batch_size",
+    "deliver_batch_window_ms",
     "cleanup_days",
     "hydrate_limit",
     "max_prompt_chars",

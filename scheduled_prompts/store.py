@@ -124,55 +124,97 @@ return {'ok'}
 COMMIT = Script(
     _WRITE_RECORD
     + """
--- Records the outcome of a delivery: the new record, and the end of the occurrence's
--- claim, in one step. Compare-and-set against the JSON the deliverer read.
--- KEYS: ids, due, finished, open-counts, record, user index, lease, done, inflight.
--- ARGV: expected JSON, id, user_id, new JSON, due score, finished score, open delta,
---       lease token, idempotency key, done TTL ms ('' = no done marker).
+-- Records the outcomes of deliveries: per outcome the new record and the end of the
+-- occurrence's claim, in one step. Compare-and-set against the JSON the deliverer read.
+-- KEYS: ids, due, finished, open-counts, inflight, then per outcome: record, user index,
+--       lease, done.
+-- ARGV: per outcome 10 values: expected JSON, id, user_id, new JSON, due score,
+--       finished score, open delta, lease token, idempotency key, done TTL ms ('' = no
+--       done marker).
 -- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
 -- leaves the in-flight set, and (triggers) the done marker is set.
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 'changed' end
-write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4],
-             ARGV[5], ARGV[6], ARGV[7])
-if redis.call('GET', KEYS[7]) == ARGV[8] then redis.call('DEL', KEYS[7]) end
-redis.call('ZREM', KEYS[9], ARGV[9])
-if ARGV[10] ~= '' then redis.call('SET', KEYS[8], '1', 'PX', ARGV[10]) end
-return 'ok'
+-- Returns per outcome 'ok' | 'changed' ('ok' too when the record already is the new
+-- JSON: a retry after a lost reply does not apply the outcome twice).
+local out = {}
+for i = 1, (#KEYS - 5) / 4 do
+  local k = 5 + 4 * (i - 1)
+  local a = 10 * (i - 1)
+  local stored = redis.call('GET', KEYS[k + 1])
+  if stored == ARGV[a + 4] then
+    out[i] = 'ok'
+  elseif stored ~= ARGV[a + 1] then
+    out[i] = 'changed'
+  else
+    write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k + 1], KEYS[k + 2], ARGV[a + 2],
+                 ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+    if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
+    redis.call('ZREM', KEYS[5], ARGV[a + 9])
+    if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
+    out[i] = 'ok'
+  end
+end
+return out
 """
 )
 
 CLAIM = Script(
     """
--- Claims one occurrence for delivery. Guarantees: at most one holder of a lease at a
--- time; a claim succeeds only while the record still schedules this occurrence (live,
+-- Claims occurrences for delivery. Guarantees: at most one holder of a prompt's lease at
+-- a time; a claim succeeds only while the record still schedules this occurrence (live,
 -- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
 -- the trigger was not delivered before.
--- KEYS: record, lease, done, inflight.
--- ARGV: expected next_run_at, epoch ms ('' for a trigger), token, lease ms, idempotency key,
---       re-drive deadline ms, the schema version this code reads.
--- Returns {'ok', record JSON} | {'busy', lease pttl} | {'stale'} | {'gone'} | {'done'}
---       | {'unreadable'} (not JSON, or another schema version: left as it is, and out
---         of the in-flight set).
-local raw = redis.call('GET', KEYS[1])
-if not raw then redis.call('ZREM', KEYS[4], ARGV[4]); return {'gone'} end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('ZREM', KEYS[4], ARGV[4]); return {'done'}
+-- KEYS: inflight, then per occurrence: record, lease, done.
+-- ARGV: token, lease ms, re-drive deadline ms, the schema version this code reads, then
+--       per occurrence: expected next_run_at epoch ms ('' for a trigger), idempotency key.
+-- Returns per occurrence two values: 'ok', record JSON | 'busy', lease pttl | 'stale', ''
+--   | 'gone', '' | 'done', '' | 'unreadable', '' (not JSON, or another schema version:
+--   left as it is). Every outcome but 'ok' and 'busy' takes the key out of the in-flight
+--   set; 'ok' moves its re-drive deadline.
+local inflight, token, lease, deadline = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local schema = tonumber(ARGV[4])
+local function claim(rkey, lkey, dkey, expected, key)
+  local raw = redis.call('GET', rkey)
+  if not raw then redis.call('ZREM', inflight, key); return 'gone', '' end
+  if redis.call('EXISTS', dkey) == 1 then redis.call('ZREM', inflight, key); return 'done', '' end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' or rec.schema ~= schema then
+    redis.call('ZREM', inflight, key); return 'unreadable', ''
+  end
+  local live = rec.status == 'scheduled' or rec.status == 'active'
+  -- An accepted trigger is delivered unless the prompt was cancelled since (a one-time
+  -- prompt that executed meanwhile still gets it).
+  if expected == '' then live = rec.status ~= 'cancelled'
+  else live = live and rec.next_run_at == tonumber(expected) end
+  if not live then redis.call('ZREM', inflight, key); return 'stale', '' end
+  if not redis.call('SET', lkey, token, 'NX', 'PX', lease) then
+    return 'busy', tostring(redis.call('PTTL', lkey))
+  end
+  redis.call('ZADD', inflight, deadline, key)
+  return 'ok', raw
 end
-local ok, rec = pcall(cjson.decode, raw)
-if not ok or type(rec) ~= 'table' or rec.schema ~= tonumber(ARGV[6]) then
-  redis.call('ZREM', KEYS[4], ARGV[4]); return {'unreadable'}
+local out = {}
+for i = 1, (#KEYS - 1) / 3 do
+  local state, detail = claim(KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1], ARGV[2 * i + 3],
+                              ARGV[2 * i + 4])
+  out[#out + 1] = state
+  out[#out + 1] = detail
 end
-local live = rec.status == 'scheduled' or rec.status == 'active'
--- An accepted trigger is delivered unless the prompt was cancelled since (a one-time
--- prompt that executed meanwhile still gets it).
-if ARGV[1] == '' then live = rec.status ~= 'cancelled'
-else live = live and rec.next_run_at == tonumber(ARGV[1]) end
-if not live then redis.call('ZREM', KEYS[4], ARGV[4]); return {'stale'} end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  return {'busy', redis.call('PTTL', KEYS[2])}
+return out
+"""
+)
+
+RENEW = Script(
+    """
+-- Extends the leases still held with ARGV[1] (a batch whose runners take a while keeps
+-- its later occurrences claimed). KEYS: lease keys. ARGV: token, lease ms.
+-- Returns per key 1 (renewed) or 0 (lost: it expired, another deliverer may hold it).
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2]); out[i] = 1
+  else out[i] = 0 end
 end
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-return {'ok', raw}
+return out
 """
 )
 

@@ -16,25 +16,39 @@ from .celery_app import app
 from .connection import context, get_redis
 from .engine import Outcome
 from .errors import RunnerNotConfigured, StoreUnavailable
-from .occurrences import Delivery
+from .occurrences import Delivery, batches
 from .runners import get_runner
 
 log = logging.getLogger("scheduled_prompts.tasks")
 
 DELIVER = "scheduled_prompts.deliver"
+DELIVER_BATCH = "scheduled_prompts.deliver_batch"
 
 
 def publish(deliveries: Sequence[Delivery]) -> None:
-    """Send one ``deliver`` task per occurrence over one producer (ETA when in future)."""
+    """Send the occurrences over one producer, those due together as one batch task.
+
+    A group of several goes as one ``deliver_batch`` task, a lone occurrence as one
+    ``deliver`` task; either with an ETA when due in the future (see
+    :func:`~scheduled_prompts.occurrences.batches`).
+    """
     now = utcnow()
+    settings = context().settings
+    groups = batches(deliveries, settings.deliver_batch_size, settings.deliver_batch_window_ms)
     with app.producer_or_acquire() as producer:
-        for d in deliveries:
-            deliver.apply_async(
-                args=(d.prompt_id, d.occurrence_ms),
-                kwargs={"trigger": True} if d.trigger else {},
-                eta=d.eta if d.eta > now else None,
-                producer=producer,
-            )
+        for group in groups:
+            last = group[-1]
+            eta = last.eta if last.eta > now else None
+            if len(group) == 1:
+                deliver.apply_async(
+                    args=(last.prompt_id, last.occurrence_ms),
+                    kwargs={"trigger": True} if last.trigger else {},
+                    eta=eta,
+                    producer=producer,
+                )
+            else:
+                items = [[d.prompt_id, d.occurrence_ms] for d in group]
+                deliver_batch.apply_async(args=(items,), eta=eta, producer=producer)
 
 
 @app.task(name="scheduled_prompts.tick", ignore_result=True)
@@ -73,6 +87,39 @@ def deliver(
     if result.outcome is Outcome.BUSY:
         raise self.retry(countdown=result.retry_in)
     return result.outcome.value
+
+
+@app.task(name=DELIVER_BATCH, bind=True, max_retries=None, ignore_result=True)
+def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
+    """Deliver occurrences due together: ``items`` is ``[[prompt_id, occurrence_ms], ...]``.
+
+    One claim and one commit round trip for the lot; an occurrence whose runner failed,
+    or whose prompt was busy, continues as its own ``deliver`` task.
+    """
+    deliveries = [Delivery(str(pid), int(ms)) for pid, ms in items]
+    try:
+        results = engine.deliver_many(get_redis(), context(), deliveries)
+    except (RedisError, StoreUnavailable) as exc:
+        # Every occurrence stays in flight in Redis; what was committed is skipped again.
+        log.warning("Redis unavailable delivering a batch of %d: %s", len(deliveries), exc)
+        raise self.retry(countdown=5, exc=exc) from exc
+    counts: dict[str, int] = {}
+    for d, result in zip(deliveries, results, strict=True):
+        counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+        if result.outcome is Outcome.RETRY:
+            kwargs = {"attempt": 2, "coalesced_ms": result.occurrence_ms}
+            _follow_up(d, result.retry_in, kwargs)
+        elif result.outcome is Outcome.BUSY:
+            _follow_up(d, result.retry_in, {})
+    return counts
+
+
+def _follow_up(d: Delivery, countdown: float, kwargs: dict[str, Any]) -> None:
+    # If this publish fails, the occurrence is still in flight: tick re-drives it.
+    try:
+        deliver.apply_async(args=(d.prompt_id, d.occurrence_ms), kwargs=kwargs, countdown=countdown)
+    except Exception as exc:  # kombu raises many kinds of connection errors
+        log.warning("could not send the retry of %s (tick will re-drive it): %s", d.key, exc)
 
 
 @app.task(name="scheduled_prompts.cleanup", ignore_result=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import scheduled_prompts as sp
-from scheduled_prompts._time import to_ms
+from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.keys import Keys
 from tests.e2e.cluster import Cluster
 
@@ -42,6 +43,24 @@ def test_one_time_prompts_fire_once_each_within_a_second(cluster: Cluster) -> No
     assert {c["key"] for c in calls} == keys_of(prompts)
     assert max(c["lateness"] for c in calls) < 1.0
     assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in prompts)  # type: ignore[union-attr]
+
+
+def test_prompts_due_at_the_same_instant_go_as_batches_and_fire_once_each(
+    cluster: Cluster,
+) -> None:
+    cluster.worker()
+    at = utcnow().replace(microsecond=0) + timedelta(seconds=3)
+    prompts = sp.schedule_many(
+        [{"prompt": f"p{i}", "user_id": f"u{i % 7}", "platform": "e2e", "at": at}
+         for i in range(500)]
+    )  # fmt: skip
+    cluster.wait_for_keys(keys_of(prompts), timeout=30)
+    assert not cluster.duplicates()
+    assert max(c["lateness"] for c in cluster.calls()) < 1.0
+    # 500 due together: three batch tasks (200, 200, 100), not 500 deliver tasks.
+    log = cluster.processes[0].text()
+    assert log.count("scheduled_prompts.deliver_batch[") >= 3
+    assert "Task scheduled_prompts.deliver[" not in log
 
 
 def test_cancel_after_eta_enqueued_never_delivers(cluster: Cluster) -> None:

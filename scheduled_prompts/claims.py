@@ -1,0 +1,232 @@
+"""Claims on occurrences, in batches: take them, keep them, give them back, commit them.
+
+A claim is a per-prompt lease (``lease:{id}``) taken by the CLAIM script only while the
+record still schedules the occurrence. One :class:`Claims` object serves one ``deliver``
+or ``deliver_batch`` task: every occurrence it claims shares its token, so a batch of
+any size costs one round trip to claim, one to commit, and one more per half-lease its
+runners take (to renew what is still to run).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import redis
+
+from . import store
+from ._time import to_ms
+from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
+from .occurrences import Delivery, redrive_delay
+from .store import Context
+
+log = logging.getLogger("scheduled_prompts.engine")
+
+#: How long a delivered trigger's marker is kept (duplicate messages arrive within it).
+DONE_TTL = timedelta(days=7)
+_CAS_ATTEMPTS = 50
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"  # stale, gone, already done: nothing to do
+    BUSY = "busy"  # another deliverer holds the lease
+    RETRY = "retry"  # runner failed, retry later
+    FAILED = "failed"  # runner failed for good: recorded
+    MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
+    NO_RUNNER = "no_runner"  # left pending
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    retry_in: float = 0.0
+    error: str | None = None
+    record: ScheduledPrompt | None = None
+    #: The occurrence delivered (after coalescing); retries pass it back unchanged.
+    occurrence_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An occurrence this task holds the lease of, with the record as CLAIM read it."""
+
+    delivery: Delivery
+    record: ScheduledPrompt
+    raw: str
+
+
+Change = Callable[[ScheduledPrompt], ScheduledPrompt]
+
+
+class Claims:
+    """The claims of one delivery task (one token for all of them)."""
+
+    def __init__(self, client: redis.Redis, ctx: Context) -> None:
+        self.client = client
+        self.ctx = ctx
+        self.token = secrets.token_hex(8)
+        self.lease_ms = int(ctx.settings.lease_seconds * 1000)
+        self._renewed = time.monotonic()
+
+    def claim(self, deliveries: Sequence[Delivery], now: datetime) -> list[Result | Claimed]:
+        """Run CLAIM for every delivery: its :class:`Claimed`, or the Result that ends it."""
+        keys = self.ctx.keys
+        script_keys = [keys.inflight]
+        args: list[str | int | float] = [
+            self.token,
+            self.lease_ms,
+            to_ms(now) + redrive_delay(self.ctx),
+            SCHEMA_VERSION,
+        ]
+        for d in deliveries:
+            script_keys += [keys.prompt(d.prompt_id), keys.lease(d.prompt_id), keys.done(d.key)]
+            args += ["" if d.trigger else str(d.occurrence_ms), d.key]
+        rows = store.Eval(store.CLAIM, script_keys, args).run(self.client)
+        self._renewed = time.monotonic()
+        out: list[Result | Claimed] = []
+        for i, d in enumerate(deliveries):
+            state, detail = _text(rows[2 * i]), _text(rows[2 * i + 1])
+            out.append(self._read(d, state, detail))
+        return out
+
+    def _read(self, d: Delivery, state: str, detail: str) -> Result | Claimed:
+        rkey = self.ctx.keys.prompt(d.prompt_id)
+        if state == "busy":
+            # Another delivery of this prompt is in progress: look again soon (a live
+            # holder finishes in moments; a dead one's lease expires).
+            return Result(Outcome.BUSY, retry_in=min(2.0, max(0.2, int(detail) / 1000 + 0.1)))
+        if state == "unreadable":
+            log.warning("skipping %s: unreadable record %s (left as it is)", d.key, rkey)
+            return Result(Outcome.SKIPPED, error=f"unreadable record {rkey}")
+        if state != "ok":
+            log.debug("skipping %s: %s", d.key, state)
+            return Result(Outcome.SKIPPED)
+        try:
+            return Claimed(d, ScheduledPrompt.from_json(detail), detail)
+        except RecordError as exc:
+            # Broken fields: leave the record as it is and stop re-driving this occurrence.
+            log.warning("skipping %s: unreadable record %s: %s", d.key, rkey, exc)
+            self.release(d, None, drop=True)
+            return Result(Outcome.SKIPPED, error=str(exc))
+
+    def keep(self, held: Sequence[Claimed]) -> list[bool]:
+        """Renew the leases of ``held`` once half a lease passed since the last renewal.
+
+        Returns, per claim, whether it is still ours (a lease that ran out may be another
+        deliverer's now: that occurrence must not be delivered by this task).
+        """
+        if not held or time.monotonic() - self._renewed < self.ctx.settings.lease_seconds / 2:
+            return [True] * len(held)
+        keys = [self.ctx.keys.lease(c.delivery.prompt_id) for c in held]
+        renewed = store.Eval(store.RENEW, keys, [self.token, self.lease_ms]).run(self.client)
+        self._renewed = time.monotonic()
+        return [bool(int(r)) for r in renewed]
+
+    def release(self, d: Delivery, retry_at: datetime | None, *, drop: bool = False) -> None:
+        """End a claim without committing: retry later (``retry_at``) or leave it to re-drive."""
+        deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(self.ctx)
+        store.Eval(
+            store.RELEASE,
+            [self.ctx.keys.lease(d.prompt_id), self.ctx.keys.inflight],
+            [self.token, d.key, deadline],
+        ).run(self.client)
+        if drop:
+            self.client.zrem(self.ctx.keys.inflight, d.key)
+
+    def commit(self, changes: Sequence[tuple[Claimed, Change]]) -> list[ScheduledPrompt | None]:
+        """Record the outcomes; if Redis is unreachable, keep trying while the lease lasts.
+
+        After a runner returned, giving up would leave the occurrence to be re-driven — a
+        second runner call. Retrying here, as long as our lease keeps others away, turns
+        a Redis outage shorter than the lease into a late commit instead of a repeat.
+        """
+        # At least two socket timeouts, so a Redis that hangs (rather than refuses) gets
+        # a second try even when the lease is short.
+        settings = self.ctx.settings
+        budget = max(1.0, settings.lease_seconds - 1, 2 * settings.redis_timeout_seconds + 1)
+        deadline = time.monotonic() + budget
+        pause = 0.2
+        results: list[ScheduledPrompt | None] = [None] * len(changes)
+        raws: list[str | None] = [c.raw for c, _ in changes]
+        settled: set[int] = set()
+        while True:
+            try:
+                self._commit_rounds(changes, raws, results, settled)
+                return results
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                left = len(changes) - len(settled)
+                log.warning("commit of %d outcome(s) waits for Redis: %s", left, exc)
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
+
+    def _commit_rounds(
+        self,
+        changes: Sequence[tuple[Claimed, Change]],
+        raws: list[str | None],
+        results: list[ScheduledPrompt | None],
+        settled: set[int],
+    ) -> None:
+        """Compare-and-set every outcome not ``settled``, reading again what changed.
+
+        A reply lost to a connection error is safe to retry: COMMIT answers 'ok' when the
+        record already is the new JSON (``change`` is deterministic for a given record).
+        """
+        keys = self.ctx.keys
+        for _ in range(_CAS_ATTEMPTS):
+            todo = [i for i in range(len(changes)) if i not in settled]
+            if not todo:
+                return
+            stale = [i for i in todo if raws[i] is None]
+            if stale:
+                # Changed since it was read (an edit, a trigger): read it again.
+                rkeys = [keys.prompt(changes[i][0].delivery.prompt_id) for i in stale]
+                for i, value in zip(stale, self.client.mget(rkeys), strict=True):
+                    raws[i] = None if value is None else _text(value)
+            script_keys = [keys.ids, keys.due, keys.finished, keys.open_counts, keys.inflight]
+            args: list[str | int | float] = []
+            sent: list[tuple[int, ScheduledPrompt]] = []
+            for i in todo:
+                claimed, change = changes[i]
+                d = claimed.delivery
+                raw = raws[i]
+                record = store.parse_record(keys.prompt(d.prompt_id), raw)
+                if record is None or raw is None:
+                    self.release(d, None, drop=True)
+                    settled.add(i)
+                    continue
+                new = change(record)
+                due, finished = store.index_entries(new)
+                delta = int(new.status.is_open) - int(record.status.is_open)
+                done_ttl = str(int(DONE_TTL.total_seconds() * 1000)) if d.trigger else ""
+                script_keys += [
+                    keys.prompt(d.prompt_id),
+                    keys.user(new.user_id),
+                    keys.lease(d.prompt_id),
+                    keys.done(d.key),
+                ]
+                args += [raw, new.id, new.user_id, new.to_json(), due, finished, delta,
+                         self.token, d.key, done_ttl]  # fmt: skip
+                sent.append((i, new))
+            if not sent:
+                return
+            replies = store.Eval(store.COMMIT, script_keys, args).run(self.client)
+            for (i, new), reply in zip(sent, replies, strict=True):
+                if _text(reply) == "ok":
+                    results[i] = new
+                    settled.add(i)
+                else:
+                    raws[i] = None
+        left = ", ".join(c.delivery.key for i, (c, _) in enumerate(changes) if i not in settled)
+        raise RuntimeError(f"could not commit {left}: the record kept changing")
+
+
+def _text(value: str | bytes | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,373 @@
+"""Batched delivery: grouping occurrences due together, and delivering a group with one
+claim and one commit round trip — with every per-occurrence guarantee kept."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scheduled_prompts as sp
+from scheduled_prompts import engine, store, tasks
+from scheduled_prompts._time import from_ms, to_ms, utcnow
+from scheduled_prompts.claims import Claimed, Claims
+from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.engine import Outcome
+from scheduled_prompts.keys import Keys
+from scheduled_prompts.occurrences import Delivery, batches
+
+K = Keys("sp")
+
+
+class Recorder:
+    """Keeps payloads; ``hook(payload)`` runs inside each call; ``fail`` keys raise."""
+
+    def __init__(self, hook: Any = None, fail: set[str] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.hook = hook
+        self.fail = fail or set()
+
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        self.calls.append(payload)
+        if self.hook:
+            self.hook(payload)
+        if payload["prompt_id"] in self.fail:
+            raise sp.DeliveryError("receiver down")
+
+
+@pytest.fixture
+def use_runner() -> Any:
+    def install(runner: Any) -> Any:
+        sp.set_bot_runner(runner)
+        return runner
+
+    yield install
+    sp.set_bot_runner(None)
+
+
+def due_at(t: datetime, n: int, user: str = "u1") -> list[sp.ScheduledPrompt]:
+    return sp.schedule_many(
+        [{"prompt": f"p{i}", "user_id": user, "platform": "tg", "at": t} for i in range(n)]
+    )
+
+
+def later(seconds: float = 3600) -> datetime:
+    return utcnow().replace(microsecond=0) + timedelta(seconds=seconds)
+
+
+def of(p: sp.ScheduledPrompt) -> Delivery:
+    assert p.next_run_at is not None
+    return Delivery(p.id, to_ms(p.next_run_at))
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+# --- grouping ---------------------------------------------------------------------------
+
+
+def test_batches_group_by_window_and_size_and_never_before_any_member() -> None:
+    t = 1_800_000_000_000
+    ds = [Delivery(f"p{i}", t + ms) for i, ms in enumerate([0, 5, 19, 20, 21, 45, 300, 300])]
+    groups = batches(list(reversed(ds)), size=3, window_ms=20)
+    assert [sorted(d.prompt_id for d in g) for g in groups] == [
+        ["p0", "p1", "p2"],  # full at 3
+        ["p3", "p4"],  # p5 is 25 ms after p3
+        ["p5"],
+        ["p6", "p7"],
+    ]
+    assert batches(ds, size=1, window_ms=20) == [[d] for d in ds]
+
+
+def test_triggers_are_never_batched() -> None:
+    t = 1_800_000_000_000
+    ds = [Delivery("a", t), Delivery("b", t, trigger=True), Delivery("c", t)]
+    groups = batches(ds, size=10, window_ms=20)
+    assert sorted(len(g) for g in groups) == [1, 2]
+    assert [Delivery("b", t, trigger=True)] in groups
+
+
+@given(
+    st.lists(st.integers(0, 5_000), max_size=300),
+    st.integers(1, 50),
+    st.integers(0, 200),
+)
+def test_batches_keep_every_occurrence_once_within_bounds(
+    offsets: list[int], size: int, window: int
+) -> None:
+    ds = [Delivery(f"p{i}", 1_800_000_000_000 + ms) for i, ms in enumerate(offsets)]
+    groups = batches(ds, size, window)
+    flat = [d for g in groups for d in g]
+    assert sorted(flat, key=lambda d: d.prompt_id) == sorted(ds, key=lambda d: d.prompt_id)
+    for g in groups:
+        assert len(g) <= size
+        # Sent at its last member's time: no member is early, none more than window late.
+        assert all(
+            g[-1].occurrence_ms - window <= d.occurrence_ms <= g[-1].occurrence_ms for d in g
+        )
+
+
+# --- deliver_many -------------------------------------------------------------------------
+
+
+def test_batch_of_fifty_costs_one_claim_and_one_commit(redis_url: str, use_runner: Any) -> None:
+    runner = use_runner(Recorder())
+    t = later()
+    ps = due_at(t, 50)
+    client = get_redis()
+    for script in (store.CLAIM, store.COMMIT):
+        client.script_load(script.source)  # so a first NOSCRIPT reply is not counted
+    before = evalsha_calls(client)
+    results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    assert evalsha_calls(client) - before == 2
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 50
+    assert sorted(c["prompt_id"] for c in runner.calls) == sorted(p.id for p in ps)
+    for p, result in zip(ps, results, strict=True):
+        stored = sp.get_prompt(p.id)
+        assert stored is not None and stored.status is sp.Status.EXECUTED
+        assert result.record == stored
+    assert client.zcard(K.inflight) == 0 and client.zcard(K.due) == 0
+    again = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    assert {r.outcome for r in again} == {Outcome.SKIPPED} and len(runner.calls) == 50
+
+
+def test_mixed_batch_gives_each_occurrence_its_own_outcome(redis_url: str, use_runner: Any) -> None:
+    t = later()
+    ok, cancelled, failing, busy = due_at(t, 4)
+    cron = sp.schedule_prompt("cron", user_id="u1", platform="tg", cron="*/5 * * * *")
+    runner = use_runner(Recorder(fail={failing.id}))
+    sp.cancel_prompt(cancelled.id)
+    client = get_redis()
+    client.set(K.lease(busy.id), "another-worker", px=30_000)
+    items = [of(ok), of(cancelled), of(failing), of(busy), of(cron)]
+    assert cron.next_run_at is not None
+    results = engine.deliver_many(client, context(), items, now=max(t, cron.next_run_at))
+    outcomes = [r.outcome for r in results]
+    assert outcomes == [
+        Outcome.DELIVERED,
+        Outcome.SKIPPED,
+        Outcome.RETRY,
+        Outcome.BUSY,
+        Outcome.DELIVERED,
+    ]
+    assert sorted(c["prompt_id"] for c in runner.calls) == sorted([ok.id, failing.id, cron.id])
+    assert results[2].retry_in == engine.backoff(1) and results[3].retry_in > 0
+    stored_cron = sp.get_prompt(cron.id)
+    assert stored_cron is not None and stored_cron.run_count == 1
+    assert stored_cron.next_run_at is not None and stored_cron.next_run_at > cron.next_run_at
+    # The failed one stays in flight (for its retry), the busy one keeps its holder's lease.
+    inflight = set(client.zrange(K.inflight, 0, -1))
+    assert of(failing).key in inflight and of(ok).key not in inflight
+    assert client.get(K.lease(busy.id)) == "another-worker"
+    failed = sp.get_prompt(failing.id)
+    assert failed is not None and failed.status is sp.Status.SCHEDULED
+
+
+def test_slow_runners_keep_the_leases_of_what_is_still_to_run(
+    redis_url: str, use_runner: Any
+) -> None:
+    sp.configure(redis_url=redis_url, lease_seconds=1)
+    t = later()
+    ps = due_at(t, 4)
+    client = get_redis()
+    seen: list[int] = []
+
+    def slow(payload: dict[str, Any]) -> None:
+        # The lease of the last occurrence, as later ones wait their turn.
+        seen.append(int(client.pttl(K.lease(ps[-1].id))))
+        time.sleep(0.4)
+
+    runner = use_runner(Recorder(hook=slow))
+    results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 4
+    assert len(runner.calls) == 4
+    # 1.2 s after the claim the last one's 1 s lease is still held (renewed at 0.8 s).
+    assert all(ms > 0 for ms in seen[:3]), seen
+
+
+def test_an_occurrence_whose_lease_ran_out_is_not_delivered(
+    redis_url: str, use_runner: Any
+) -> None:
+    sp.configure(redis_url=redis_url, lease_seconds=0.4)
+    t = later()
+    first, second = due_at(t, 2)
+    client = get_redis()
+
+    def steal(payload: dict[str, Any]) -> None:
+        # Another deliverer took the second prompt's lease after ours ran out.
+        client.set(K.lease(second.id), "thief", px=30_000)
+        time.sleep(0.3)
+
+    runner = use_runner(Recorder(hook=steal))
+    results = engine.deliver_many(client, context(), [of(first), of(second)], now=t)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.SKIPPED]
+    assert [c["prompt_id"] for c in runner.calls] == [first.id]
+    assert client.get(K.lease(second.id)) == "thief"
+    still = sp.get_prompt(second.id)
+    assert still is not None and still.status is sp.Status.SCHEDULED
+
+
+def test_finished_outcomes_are_committed_while_slow_runners_go_on(
+    redis_url: str, use_runner: Any
+) -> None:
+    t = later()
+    ps = due_at(t, 3)
+    statuses: list[list[str]] = []
+
+    def look(payload: dict[str, Any]) -> None:
+        statuses.append([str(sp.get_prompt(p.id).status) for p in ps])  # type: ignore[union-attr]
+        time.sleep(engine.COMMIT_EVERY * 2)
+
+    use_runner(Recorder(hook=look))
+    engine.deliver_many(get_redis(), context(), [of(p) for p in ps], now=t)
+    # When the second runner is called, the first outcome is already stored.
+    assert statuses[1][0] == "executed" and statuses[2][:2] == ["executed", "executed"]
+
+
+def test_commit_retried_after_a_lost_reply_applies_the_outcome_once(redis_url: str) -> None:
+    t = later()
+    (p,) = due_at(t, 1)
+    client, ctx = get_redis(), context()
+    claims = Claims(client, ctx)
+    (claimed,) = claims.claim([of(p)], t)
+    assert isinstance(claimed, Claimed)
+
+    def change(r: sp.ScheduledPrompt) -> sp.ScheduledPrompt:
+        return r.replace(run_count=r.run_count + 1, version=r.version + 1, updated_at=t)
+
+    first = claims.commit([(claimed, change)])
+    # The same commit again, as after a reply lost to a connection error.
+    second = claims.commit([(claimed, change)])
+    stored = sp.get_prompt(p.id)
+    assert stored is not None and stored.run_count == 1
+    assert first == second == [stored]
+
+
+def test_commit_of_a_record_changed_meanwhile_reads_it_again(redis_url: str) -> None:
+    t = later()
+    a, b = due_at(t, 2)
+    client, ctx = get_redis(), context()
+    claims = Claims(client, ctx)
+    taken = claims.claim([of(a), of(b)], t)
+    assert all(isinstance(c, Claimed) for c in taken)
+    # An edit of b's metadata lands between claim and commit (no schedule change).
+    raw = json.loads(client.get(K.prompt(b.id)))  # type: ignore[arg-type]
+    raw["metadata"] = {"edited": True}
+    client.set(K.prompt(b.id), json.dumps(raw))
+
+    def bump(r: sp.ScheduledPrompt) -> sp.ScheduledPrompt:
+        return r.replace(run_count=r.run_count + 1)
+
+    out = claims.commit([(c, bump) for c in taken])  # type: ignore[misc]
+    assert [r.run_count if r else None for r in out] == [1, 1]
+    stored_b = sp.get_prompt(b.id)
+    assert stored_b is not None and stored_b.metadata == {"edited": True}
+    assert stored_b.run_count == 1
+
+
+# --- the Celery side: publish and the deliver_batch task ------------------------------
+
+
+def queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The task messages waiting in the Redis broker list of ``queue``."""
+    out = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        body = json.loads(base64.b64decode(message["body"]))
+        out.append({"task": message["headers"]["task"], "args": body[0], "kwargs": body[1],
+                    "eta": message["headers"].get("eta")})  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Any:
+    sp.configure(redis_url=redis_url, queue="test-batches")
+    yield get_redis()
+    sp.configure()
+
+
+def test_publish_sends_occurrences_due_together_as_one_batch_task(broker: redis.Redis) -> None:
+    t = to_ms(later(120))
+    ds = [Delivery(f"p{i}", t) for i in range(450)] + [Delivery("late", t + 5_000)]
+    tasks.publish(ds)
+    messages = queued(broker, "test-batches")
+    batch = [m for m in messages if m["task"] == tasks.DELIVER_BATCH]
+    single = [m for m in messages if m["task"] == tasks.DELIVER]
+    assert sorted(len(m["args"][0]) for m in batch) == [50, 200, 200]
+    assert sorted(pid for m in batch for pid, _ in m["args"][0]) == sorted(
+        f"p{i}" for i in range(450)
+    )
+    assert [m["args"] for m in single] == [["late", t + 5_000]]
+    assert {datetime.fromisoformat(m["eta"]) for m in batch} == {from_ms(t)}
+
+
+def test_batch_size_one_publishes_one_deliver_task_each(redis_url: str) -> None:
+    sp.configure(redis_url=redis_url, queue="test-batches", deliver_batch_size=1)
+    try:
+        t = to_ms(later(120))
+        tasks.publish([Delivery(f"p{i}", t) for i in range(5)])
+        messages = queued(get_redis(), "test-batches")
+        assert [m["task"] for m in messages] == [tasks.DELIVER] * 5
+    finally:
+        sp.configure()
+
+
+def test_deliver_batch_task_delivers_and_hands_failures_to_their_own_retry(
+    broker: redis.Redis, use_runner: Any
+) -> None:
+    t = later(1)
+    ps = due_at(t, 3)
+    runner = use_runner(Recorder(fail={ps[1].id}))
+    items = [[p.id, to_ms(t)] for p in ps]
+    counts = tasks.deliver_batch.apply(args=(items,)).get()
+    assert counts == {"delivered": 2, "retry": 1}
+    assert len(runner.calls) == 3
+    messages = queued(broker, "test-batches")
+    (promoted,) = [m for m in messages if m["task"] == tasks.DELIVER_BATCH]
+    (retry,) = [m for m in messages if m["task"] == tasks.DELIVER]
+    # Scheduling them (due within the horizon) published the batch this test runs by hand.
+    assert promoted["task"] == tasks.DELIVER_BATCH and promoted["args"] == [items]
+    assert retry["task"] == tasks.DELIVER and retry["args"] == [ps[1].id, to_ms(t)]
+    assert retry["kwargs"] == {"attempt": 2, "coalesced_ms": to_ms(t)}
+    # The retry delivers it as attempt 2.
+    runner.fail.clear()
+    assert tasks.deliver.apply(args=retry["args"], kwargs=retry["kwargs"]).get() == "delivered"
+    assert runner.calls[-1]["attempt"] == 2
+    assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in ps)  # type: ignore[union-attr]
+
+
+def test_concurrent_batches_of_the_same_occurrences_deliver_each_once(
+    redis_url: str, use_runner: Any
+) -> None:
+    """Two workers handed the same batch (a duplicate message, a re-drive)."""
+    t = later()
+    ps = due_at(t, 40)
+    runner = use_runner(Recorder())
+    ds = [of(p) for p in ps]
+    client = get_redis()
+    retried: list[Delivery] = []
+
+    def work(order: list[Delivery]) -> None:
+        for d, r in zip(order, engine.deliver_many(client, context(), order, now=t), strict=True):
+            if r.outcome is Outcome.BUSY:
+                retried.append(d)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in (ds, ds[::-1])]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for d in retried:  # what was busy is retried later, as the task does
+        engine.deliver(client, context(), d, now=t)
+    keys = [c["idempotency_key"] for c in runner.calls]
+    assert sorted(keys) == sorted(d.key for d in ds)
