@@ -115,14 +115,15 @@ class Claims:
             self.release(d, None, drop=True)
             return Result(Outcome.SKIPPED, error=str(exc))
 
-    def keep(self, held: Sequence[Claimed]) -> list[bool]:
-        """Renew the leases of ``held`` once half a lease passed since the last renewal.
+    @property
+    def renewal_due(self) -> bool:
+        """Whether half a lease passed since the claims were taken or last renewed."""
+        return time.monotonic() - self._renewed >= self.ctx.settings.lease_seconds / 2
 
-        Returns, per claim, whether it is still ours (a lease that ran out may be another
-        deliverer's now: that occurrence must not be delivered by this task).
-        """
-        if not held or time.monotonic() - self._renewed < self.ctx.settings.lease_seconds / 2:
-            return [True] * len(held)
+    def renew(self, held: Sequence[Claimed]) -> list[bool]:
+        """Renew the leases of ``held``; returns, per claim, whether it is still ours (a
+        lease that ran out may be another deliverer's now: that occurrence must not be
+        delivered by this task)."""
         keys = [self.ctx.keys.lease(c.delivery.prompt_id) for c in held]
         renewed = store.Eval(store.RENEW, keys, [self.token, self.lease_ms]).run(self.client)
         self._renewed = time.monotonic()
@@ -197,7 +198,11 @@ class Claims:
                 claimed, change = changes[i]
                 d = claimed.delivery
                 raw = raws[i]
-                record = store.parse_record(keys.prompt(d.prompt_id), raw)
+                record = (
+                    claimed.record
+                    if raw == claimed.raw
+                    else store.parse_record(keys.prompt(d.prompt_id), raw)
+                )
                 if record is None or raw is None:
                     self.release(d, None, drop=True)
                     settled.add(i)

@@ -150,8 +150,10 @@ def _deliver(
             _commit(claims, pending, results)
             pending = []
         # Runners may take long: keep the leases of what is still to run or to commit.
-        still = [c for _, c in held[n:]] + [c for _, c, _, _ in pending]
-        if not claims.keep(still)[0]:
+        if (
+            claims.renewal_due
+            and not claims.renew([c for _, c in held[n:]] + [c for _, c, _, _ in pending])[0]
+        ):
             log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
             results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")
             continue

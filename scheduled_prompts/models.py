@@ -114,10 +114,11 @@ class ScheduledPrompt:
         # The caller's dict is copied so the record cannot change behind its back.
         meta = copy.deepcopy(self.metadata) if self.metadata else {}
         object.__setattr__(self, "metadata", meta)
+        fields = self.__dict__
         for name in _DATETIME_FIELDS:
-            value = getattr(self, name)
-            if value is None:
-                continue
+            value = fields[name]
+            if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+                continue  # the common case, checked cheaply: every record read runs this
             if not isinstance(value, datetime) or value.utcoffset() is None:
                 raise ValueError(f"{name} must be an aware datetime, got {value!r}")
             if value.tzinfo is not UTC:
@@ -147,8 +148,20 @@ class ScheduledPrompt:
         return self.status.is_live
 
     def replace(self, **changes: Any) -> ScheduledPrompt:
-        """A copy with ``changes`` applied (validated like a new record)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated like a new record).
+
+        What :func:`dataclasses.replace` does, without re-binding every field through
+        ``__init__``: each delivery commits a replaced record.
+        """
+        unknown = changes.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"ScheduledPrompt has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(ScheduledPrompt)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        new.__post_init__()
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of every field, datetimes as ISO-8601 UTC strings."""
@@ -193,15 +206,22 @@ class ScheduledPrompt:
                 f"record schema version {version!r} is not supported "
                 f"(this version of scheduled-prompts reads {SCHEMA_VERSION})"
             )
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+        values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         for name in _DATETIME_FIELDS:
             value = values.get(name)
             if isinstance(value, str):
                 values[name] = from_iso(value)
             elif isinstance(value, int) and not isinstance(value, bool):
                 values[name] = from_ms(value)
-        return cls(**values)
+        missing = _REQUIRED - values.keys()
+        if missing:
+            raise RecordError(f"unreadable record: no {', '.join(sorted(missing))}")
+        # What cls(**values) does, without the frozen __init__'s per-field setattr: every
+        # record read (lists, claims) comes through here.
+        record = object.__new__(cls)
+        record.__dict__.update(_FIELD_DEFAULTS, **values)
+        record.__post_init__()
+        return record
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScheduledPrompt:
@@ -217,4 +237,17 @@ class ScheduledPrompt:
 
 
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
+_REQUIRED = frozenset(
+    f.name
+    for f in dataclasses.fields(ScheduledPrompt)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+#: Defaults of the optional fields (the one factory field, ``metadata``, defaults to {};
+#: ``__post_init__`` replaces it with a fresh copy anyway).
+_FIELD_DEFAULTS = {
+    f.name: f.default if f.default is not dataclasses.MISSING else dict[str, Any]()
+    for f in dataclasses.fields(ScheduledPrompt)
+    if f.name not in _REQUIRED
+}
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -52,11 +52,14 @@ class Script:
 # Writes one record and every index entry derived from it. Shared by PUT and COMMIT so
 # the indexes are maintained by exactly one piece of code.
 _WRITE_RECORD = """
+-- indexed: the record is stored already (a commit), so it is in the id and user indexes.
 local function write_record(ids, due, finished, open, rkey, ukey, id, user, json, due_score,
-                            fin_score, delta)
+                            fin_score, delta, indexed)
   redis.call('SET', rkey, json)
-  redis.call('ZADD', ids, 0, id)
-  redis.call('ZADD', ukey, 0, id)
+  if not indexed then
+    redis.call('ZADD', ids, 0, id)
+    redis.call('ZADD', ukey, 0, id)
+  end
   if due_score ~= '' then redis.call('ZADD', due, due_score, id)
   else redis.call('ZREM', due, id) end
   if fin_score ~= '' then redis.call('ZADD', finished, fin_score, id)
@@ -146,7 +149,7 @@ for i = 1, (#KEYS - 5) / 4 do
     out[i] = 'changed'
   else
     write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k + 1], KEYS[k + 2], ARGV[a + 2],
-                 ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+                 ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], true)
     if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
     redis.call('ZREM', KEYS[5], ARGV[a + 9])
     if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
