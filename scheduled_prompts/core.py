@@ -28,6 +28,7 @@ from .validation import (
     ScheduleRequest,
     apply_update,
     build_prompt,
+    new_prompt_ids,
     same_request,
 )
 
@@ -88,11 +89,15 @@ def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime)
     return published
 
 
+_SPEC_KEYS = frozenset({"prompt", *SCHEDULE_ARGS})
+
+
 def build_from_spec(
-    spec: Mapping[str, Any], now: datetime, settings: Settings
+    spec: Mapping[str, Any], now: datetime, settings: Settings, fresh_id: str | None = None
 ) -> tuple[ScheduledPrompt, ScheduleRequest]:
-    """Validate one ``schedule_prompt`` keyword set; return the record and its request."""
-    unknown = set(spec) - {"prompt", *SCHEDULE_ARGS}
+    """Validate one ``schedule_prompt`` keyword set; return the record and its request
+    (with ``fresh_id`` as its id when the spec gives no ``prompt_id``)."""
+    unknown = spec.keys() - _SPEC_KEYS
     if unknown:
         raise InvalidSchedule(
             f"unknown argument(s) {', '.join(sorted(unknown))}; accepted: prompt, "
@@ -121,6 +126,7 @@ def build_from_spec(
         prompt_id=spec.get("prompt_id"),
         now=now,
         settings=settings,
+        fresh_id=fresh_id,
     )
     return record, req
 
@@ -172,6 +178,11 @@ def schedule_many(
     """Validate every spec first (all or nothing), then write in pipelined batches."""
     built: list[tuple[ScheduledPrompt, ScheduleRequest, bool]] = []
     seen: set[str] = set()
+    specs = list(specs)
+    # Ids for the specs that give none, made in one go (cheaper than one by one).
+    fresh = iter(
+        new_prompt_ids(sum(1 for s in specs if isinstance(s, Mapping) and not s.get("prompt_id")))
+    )
     for index, spec in enumerate(specs):
         if not isinstance(spec, Mapping):
             raise InvalidSchedule(
@@ -179,7 +190,8 @@ def schedule_many(
                 f"got {type(spec).__name__}"
             )
         try:
-            record, req = build_from_spec(spec, now, ctx.settings)
+            fresh_id = None if spec.get("prompt_id") else next(fresh)
+            record, req = build_from_spec(spec, now, ctx.settings, fresh_id)
         except InvalidSchedule as exc:
             raise InvalidSchedule(f"specs[{index}]: {exc}") from None
         if record.id in seen:

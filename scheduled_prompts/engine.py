@@ -335,7 +335,11 @@ def _finish(
     if record.max_runs is None or runs < record.max_runs:
         schedule = parse_cron(record.cron_expression, record.timezone)
         # Continue from now: missed occurrences were coalesced into this one.
-        following = next_cron_run(schedule, max(now, occurrence), end_at=record.end_at)
+        # The first occurrence after both: asked from the occurrence first (the same
+        # question for every prompt of this schedule firing now, so it is remembered).
+        following = next_cron_run(schedule, occurrence, end_at=record.end_at)
+        if following is not None and following <= now:
+            following = next_cron_run(schedule, now, end_at=record.end_at)
     if following is None:
         changes["status"] = Status.EXECUTED
     changes["next_run_at"] = following

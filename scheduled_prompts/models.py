@@ -216,12 +216,7 @@ class ScheduledPrompt:
         missing = _REQUIRED - values.keys()
         if missing:
             raise RecordError(f"unreadable record: no {', '.join(sorted(missing))}")
-        # What cls(**values) does, without the frozen __init__'s per-field setattr: every
-        # record read (lists, claims) comes through here.
-        record = object.__new__(cls)
-        record.__dict__.update(_FIELD_DEFAULTS, **values)
-        record.__post_init__()
-        return record
+        return make_record(values)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScheduledPrompt:
@@ -251,3 +246,13 @@ _FIELD_DEFAULTS = {
     if f.name not in _REQUIRED
 }
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def make_record(fields: dict[str, Any]) -> ScheduledPrompt:
+    """``ScheduledPrompt(**fields)`` (validated the same way), without the frozen
+    ``__init__``'s per-field ``setattr``: every record read and written goes through it.
+    ``fields`` must hold every required field and only field names."""
+    record = object.__new__(ScheduledPrompt)
+    record.__dict__.update(_FIELD_DEFAULTS, **fields)
+    record.__post_init__()
+    return record

@@ -15,6 +15,7 @@ All results are aware UTC datetimes; arithmetic happens in UTC.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -144,6 +145,17 @@ class CronSchedule:
 
 def parse_cron(expression: object, timezone: object = "UTC") -> CronSchedule:
     """Validate ``expression`` and ``timezone``; raise :class:`InvalidSchedule` if bad."""
+    if isinstance(expression, str) and isinstance(timezone, str):
+        return _parse_cron_text(expression, timezone)  # remembered: a schedule is immutable
+    return _parse_cron(expression, timezone)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cron_text(expression: str, timezone: str) -> CronSchedule:
+    return _parse_cron(expression, timezone)
+
+
+def _parse_cron(expression: object, timezone: object) -> CronSchedule:
     if not isinstance(expression, str):
         raise InvalidSchedule(
             f"cron must be a string of {_FIELDS_HELP}; got {type(expression).__name__}"
@@ -274,8 +286,17 @@ def first_cron_run(
 def next_cron_run(
     schedule: CronSchedule, after: datetime, *, end_at: datetime | None = None
 ) -> datetime | None:
-    """The occurrence after ``after`` within ``end_at``, or None when the schedule is over."""
-    return _bounded(schedule.next_after(after), end_at)
+    """The occurrence after ``after`` within ``end_at``, or None when the schedule is over.
+
+    Remembered for recent (schedule, instant) pairs: prompts sharing an expression and
+    firing together (``0 9 * * *`` for many users) ask the same question many times.
+    """
+    return _bounded(_next_after(schedule, after), end_at)
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_after(schedule: CronSchedule, after: datetime) -> datetime | None:
+    return schedule.next_after(after)
 
 
 def preview_schedule(

@@ -13,13 +13,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .errors import InvalidSchedule
-from .models import Kind, ScheduledPrompt, Status
+from .models import Kind, ScheduledPrompt, Status, make_record
 from .schedules import (
     CronSchedule,
     first_cron_run,
@@ -72,10 +72,32 @@ def new_prompt_id() -> str:
         if value >> 80 == _last_id >> 80 and value <= _last_id:
             value = _last_id + 1
         _last_id = value
-    # The 128 bits as 26 base32 digits (130 bits, left-aligned in 17 bytes for b32encode);
-    # the standard alphabet is translated digit for digit to Crockford's, which sorts.
-    encoded = base64.b32encode((value << 6).to_bytes(17, "big"))[:26]
-    return encoded.translate(_TO_CROCKFORD).decode()
+    return _encode_ids([value])[0]
+
+
+def new_prompt_ids(count: int) -> list[str]:
+    """``count`` ids as :func:`new_prompt_id` makes them, in ascending order, cheaper in
+    bulk: one clock read and one random draw; ids after the first count up from it (as
+    within one millisecond)."""
+    global _last_id
+    if count <= 0:
+        return []
+    with _id_lock:
+        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+        if value >> 80 == _last_id >> 80 and value <= _last_id:
+            value = _last_id + 1
+        _last_id = value + count - 1
+    return _encode_ids(range(value, value + count))
+
+
+def _encode_ids(values: Iterable[int]) -> list[str]:
+    # Each 128-bit value as 26 base32 digits: left-aligned in 20 bytes (160 bits, 32
+    # digits) so that one b32encode call converts them all, then the first 26 digits of
+    # each (128 bits and 2 zero bits). The standard alphabet is translated digit for
+    # digit to Crockford's, which sorts.
+    blob = b"".join((v << 32).to_bytes(20, "big") for v in values)
+    encoded = base64.b32encode(blob).translate(_TO_CROCKFORD).decode()
+    return [encoded[i : i + 26] for i in range(0, len(encoded), 32)]
 
 
 @dataclass(frozen=True)
@@ -259,36 +281,42 @@ def build_prompt(
     prompt_id: object,
     now: datetime,
     settings: Settings,
+    fresh_id: str | None = None,
 ) -> ScheduledPrompt:
-    """Validate a create request and return the new record (version 1)."""
+    """Validate a create request and return the new record (version 1).
+
+    Without ``prompt_id`` the record gets ``fresh_id``, or a new id when that is None.
+    """
     text = check_text("prompt", prompt, limit=settings.max_prompt_chars)
     owner = check_text("user_id", user_id, limit=_MAX_NAME_CHARS)
     where = check_text("platform", platform, limit=_MAX_NAME_CHARS)
     channel = check_text("channel_id", channel_id, limit=_MAX_NAME_CHARS, optional=True)
-    pid = new_prompt_id() if prompt_id is None else check_prompt_id(prompt_id)
+    pid = check_prompt_id(prompt_id) if prompt_id is not None else fresh_id or new_prompt_id()
     grace = check_grace(misfire_grace_seconds)
     meta = check_metadata(metadata, settings)
     resolved = resolve_schedule(schedule, now)
     assert text is not None and owner is not None and where is not None
-    return ScheduledPrompt(
-        id=pid,
-        prompt=text,
-        user_id=owner,
-        platform=where,
-        channel_id=channel,
-        kind=resolved.kind,
-        status=Status.SCHEDULED if resolved.kind is Kind.ONCE else Status.ACTIVE,
-        created_at=now,
-        updated_at=now,
-        schedule_time=resolved.schedule_time,
-        cron_expression=resolved.cron.expression if resolved.cron else None,
-        timezone=resolved.timezone,
-        next_run_at=resolved.next_run_at,
-        max_runs=resolved.max_runs,
-        start_at=resolved.start_at,
-        end_at=resolved.end_at,
-        misfire_grace_seconds=grace,
-        metadata=meta,
+    return make_record(
+        {
+            "id": pid,
+            "prompt": text,
+            "user_id": owner,
+            "platform": where,
+            "channel_id": channel,
+            "kind": resolved.kind,
+            "status": Status.SCHEDULED if resolved.kind is Kind.ONCE else Status.ACTIVE,
+            "created_at": now,
+            "updated_at": now,
+            "schedule_time": resolved.schedule_time,
+            "cron_expression": resolved.cron.expression if resolved.cron else None,
+            "timezone": resolved.timezone,
+            "next_run_at": resolved.next_run_at,
+            "max_runs": resolved.max_runs,
+            "start_at": resolved.start_at,
+            "end_at": resolved.end_at,
+            "misfire_grace_seconds": grace,
+            "metadata": meta,
+        }
     )
 
 
