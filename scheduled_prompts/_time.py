@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
 
 
 def utcnow() -> datetime:
@@ -14,17 +14,19 @@ def utcnow() -> datetime:
 
 def truncate_ms(value: datetime) -> datetime:
     """``value`` in UTC, cut to whole milliseconds (the precision of scores and keys)."""
-    value = value.astimezone(UTC)
-    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    micro = value.microsecond % 1000
+    return value.replace(microsecond=value.microsecond - micro) if micro else value
 
 
 def to_ms(value: datetime) -> int:
     """Epoch milliseconds of an aware datetime."""
-    return (value - _EPOCH) // _MS
+    return (value - EPOCH) // ONE_MS
 
 
 def from_ms(ms: int) -> datetime:
-    return _EPOCH + ms * _MS
+    return EPOCH + ms * ONE_MS
 
 
 def to_iso(value: datetime) -> str:

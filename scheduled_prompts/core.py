@@ -38,7 +38,7 @@ T = TypeVar("T")
 Plan = Generator[store.Op, Any, T]
 
 #: Records written per script call by ``schedule_many`` (one pipelined round trip).
-BATCH = 2_000
+BATCH = 1_000
 _CAS_ATTEMPTS = 50
 
 
@@ -156,7 +156,7 @@ def schedule(
         (raw,) = yield store.Read([key])
         if raw is not None:
             return _existing_or_conflict(store.parse_record(key, raw), record, req)
-    result = yield store.put_op(ctx.keys, [Put(record, None)], limit)
+    result = yield store.create_op(ctx.keys, [record], limit)
     outcome = _check_put(result, limit)
     if outcome == "exists":  # created concurrently under the same prompt_id
         return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
@@ -223,17 +223,15 @@ def schedule_many(
         for user, count in zip(users, have, strict=True):
             if int(count or 0) + adds[user] > quota:
                 raise QuotaExceeded(user, quota)
-    ops = [
-        store.put_op(ctx.keys, [Put(r, None) for r in to_write[i : i + BATCH]], quota)
-        for i in range(0, len(to_write), BATCH)
-    ]
-    if ops:
-        results = yield store.Pipeline(ops)
+    if to_write:
+        # Each batch is serialised while Redis writes the one before.
+        results = yield store.Stream(
+            store.create_op(ctx.keys, to_write[i : i + BATCH], quota)
+            for i in range(0, len(to_write), BATCH)
+        )
         failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
         if failed:
-            written = sum(min(BATCH, len(to_write) - i * BATCH) for i in range(len(ops))) - sum(
-                min(BATCH, len(to_write) - i * BATCH) for i, _ in failed
-            )
+            written = len(to_write) - sum(min(BATCH, len(to_write) - i * BATCH) for i, _ in failed)
             index, result = failed[0]
             detail = (
                 f"user {result[1]!r} reached the quota"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ._time import from_iso, from_ms, to_iso, to_ms
+from ._time import EPOCH, ONE_MS, from_iso, from_ms, to_iso
 
 #: Version of the stored JSON layout; a record with another version is refused on load.
 SCHEMA_VERSION = 1
@@ -32,12 +33,12 @@ class Status(StrEnum):
     @property
     def is_live(self) -> bool:
         """Scheduled or active: the prompt has a next occurrence in the due index."""
-        return self in (Status.SCHEDULED, Status.ACTIVE)
+        return self is Status.SCHEDULED or self is Status.ACTIVE
 
     @property
     def is_open(self) -> bool:
         """Live or paused: counted against the per-user quota."""
-        return self.is_live or self is Status.PAUSED
+        return self is Status.SCHEDULED or self is Status.ACTIVE or self is Status.PAUSED
 
     @property
     def is_terminal(self) -> bool:
@@ -184,18 +185,27 @@ class ScheduledPrompt:
         counters, empty metadata, UTC, version 1) are left out — a record is stored once
         per prompt, so every byte counts a million times.
         """
-        data: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        fields = self.__dict__  # this runs for every stored write: no dataclasses.fields()
-        for name in _FIELD_ORDER:
+        # Written out field by field (what _COMPACT.encode of the dict would give, without
+        # building the dict): this runs for every record stored.
+        parts = [_SCHEMA_PART]
+        fields = self.__dict__
+        for name, kind, default, head in _STORED:
             value = fields[name]
-            if value is None or (name in _DEFAULTS and value == _DEFAULTS[name]):
+            if value is None:
                 continue
-            if name in _DATETIME_FIELDS:
-                value = to_ms(value)
-            elif name in ("kind", "status"):
-                value = value.value
-            data[name] = value
-        return _COMPACT.encode(data)
+            if kind is _INSTANT:
+                parts.append(head + str((value - EPOCH) // ONE_MS))
+            elif kind is _ENUM:
+                parts.append(head + _string(value.value))
+            elif default is not _NO_DEFAULT and value == default:
+                continue
+            elif value.__class__ is str:
+                parts.append(head + _string(value))
+            elif value.__class__ is int:
+                parts.append(head + int.__repr__(value))
+            else:
+                parts.append(head + _COMPACT.encode(value))
+        return "{" + ",".join(parts) + "}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduledPrompt:
@@ -231,8 +241,24 @@ class ScheduledPrompt:
             raise RecordError(f"unreadable record: {exc}") from exc
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+#: A str as a JSON string, exactly as _COMPACT writes one (ensure_ascii=False).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))
 _FIELD_NAMES = frozenset(_FIELD_ORDER)
+_PLAIN, _INSTANT, _ENUM = "plain", "instant", "enum"
+_NO_DEFAULT = object()  # equal to nothing stored: the field is always written
+#: (name, how it is stored, the default that is left out) per field, in stored order.
+_STORED = tuple(
+    (
+        name,
+        _INSTANT if name in _DATETIME_FIELDS else _ENUM if name in ("kind", "status") else _PLAIN,
+        _DEFAULTS.get(name, _NO_DEFAULT),
+        _string(name) + ":",
+    )
+    for name in _FIELD_ORDER
+)
+_SCHEMA_PART = f'"schema":{SCHEMA_VERSION}'
 _REQUIRED = frozenset(
     f.name
     for f in dataclasses.fields(ScheduledPrompt)
@@ -245,7 +271,6 @@ _FIELD_DEFAULTS = {
     for f in dataclasses.fields(ScheduledPrompt)
     if f.name not in _REQUIRED
 }
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def make_record(fields: dict[str, Any]) -> ScheduledPrompt:
@@ -253,6 +278,8 @@ def make_record(fields: dict[str, Any]) -> ScheduledPrompt:
     ``__init__``'s per-field ``setattr``: every record read and written goes through it.
     ``fields`` must hold every required field and only field names."""
     record = object.__new__(ScheduledPrompt)
-    record.__dict__.update(_FIELD_DEFAULTS, **fields)
+    values = record.__dict__
+    values.update(_FIELD_DEFAULTS)
+    values.update(fields)
     record.__post_init__()
     return record

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -120,6 +120,54 @@ for i = 1, n do
   write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k], KEYS[k + 1],
                ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
 end
+return {'ok'}
+"""
+)
+
+CREATE = Script(
+    """
+-- Creates new live records and their index entries, all or nothing: the PUT of a
+-- prompt that does not exist yet, with fewer arguments (a new record is live, due, and
+-- opens one slot of its user's quota), so that schedule_many spends little per prompt.
+-- KEYS: ids, due, open-counts, then per record: record key, user index key.
+-- ARGV: quota ('' = none), then per record 4 values: id, user_id, JSON, due score.
+-- Returns {'ok'} | {'exists', i, stored} | {'quota', user}.
+local n = (#KEYS - 3) / 2
+for i = 1, n do
+  local stored = redis.call('GET', KEYS[2 + 2 * i])
+  if stored then return {'exists', i, stored} end
+end
+local adds, users = {}, {}
+for i = 1, n do
+  local user = ARGV[4 * i - 1]
+  if not adds[user] then adds[user] = 0; users[#users + 1] = user end
+  adds[user] = adds[user] + 1
+end
+if ARGV[1] ~= '' then
+  for _, user in ipairs(users) do
+    local have = tonumber(redis.call('HGET', KEYS[3], user) or '0')
+    if have + adds[user] > tonumber(ARGV[1]) then return {'quota', user} end
+  end
+end
+-- Index entries go in variadic ZADDs, in chunks that stay within Lua's stack.
+local ids, due = {}, {}
+local function flush()
+  if #ids > 0 then
+    redis.call('ZADD', KEYS[1], unpack(ids)); redis.call('ZADD', KEYS[2], unpack(due))
+    ids, due = {}, {}
+  end
+end
+for i = 1, n do
+  local a = 4 * (i - 1) + 1
+  local id = ARGV[a + 1]
+  redis.call('SET', KEYS[2 + 2 * i], ARGV[a + 3])
+  redis.call('ZADD', KEYS[3 + 2 * i], 0, id)
+  ids[#ids + 1] = 0; ids[#ids + 1] = id
+  due[#due + 1] = ARGV[a + 4]; due[#due + 1] = id
+  if #ids >= 2000 then flush() end
+end
+flush()
+for _, user in ipairs(users) do redis.call('HINCRBY', KEYS[3], user, adds[user]) end
 return {'ok'}
 """
 )
@@ -470,6 +518,42 @@ class Pipeline(Op):
 
 
 @dataclass(frozen=True)
+class Stream(Op):
+    """Script calls sent as ``ops`` yields them, replies read after the last one.
+
+    A pipeline whose building overlaps its execution: Redis runs one call while Python
+    builds the next (``ops`` is typically a generator serialising records), so bulk
+    writes cost max(Python, Redis) rather than their sum. Each call is atomic by itself.
+    """
+
+    ops: Iterable[Eval]
+
+    def run(self, redis: Redis) -> list[Any]:
+        pool = redis.connection_pool
+        conn: Any = pool.get_connection()  # redis-py's Connection is untyped
+        wanted: list[bool] = []  # per command sent: is its reply one to return
+        loaded: set[str] = set()
+        try:
+            for op in self.ops:
+                if op.script.sha not in loaded:  # so that no EVALSHA meets NOSCRIPT
+                    conn.send_command("SCRIPT", "LOAD", op.script.source)
+                    loaded.add(op.script.sha)
+                    wanted.append(False)
+                conn.send_command("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+                wanted.append(True)
+            replies = [conn.read_response() for _ in wanted]
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            pool.release(conn)
+        return [reply for reply, keep in zip(replies, wanted, strict=True) if keep]
+
+    async def arun(self, redis: AsyncRedis) -> list[Any]:
+        return await Pipeline(list(self.ops)).arun(redis)
+
+
+@dataclass(frozen=True)
 class Put:
     """One record write for :func:`put_op`: ``expected`` is the stored JSON (None: create)."""
 
@@ -497,6 +581,20 @@ def put_op(keys: Keys, puts: Sequence[Put], quota: int | None) -> Eval:
         script_keys += [keys.prompt(rec.id), keys.user(rec.user_id), keys.lease(rec.id)]
         args += [rec.id, rec.user_id, put.expected or "", rec.to_json(), due, finished, delta]
     return Eval(PUT, script_keys, args)
+
+
+def create_op(keys: Keys, records: Sequence[ScheduledPrompt], quota: int | None) -> Eval:
+    """The :data:`CREATE` script call writing new live ``records`` atomically."""
+    script_keys = [keys.ids, keys.due, keys.open_counts]
+    args: list[str | int | float] = ["" if quota is None else str(quota)]
+    prompt_key, user_key = keys.prompt, keys.user
+    for rec in records:
+        due, _ = index_entries(rec)
+        if not due:
+            raise ValueError(f"create_op writes live records only, not {rec.status}")
+        script_keys += [prompt_key(rec.id), user_key(rec.user_id)]
+        args += [rec.id, rec.user_id, rec.to_json(), due]
+    return Eval(CREATE, script_keys, args)
 
 
 def delete_op(keys: Keys, items: Sequence[tuple[ScheduledPrompt, str]]) -> Eval:

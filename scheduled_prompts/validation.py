@@ -6,7 +6,6 @@ nothing. Every message says what was wrong and what is accepted.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -14,9 +13,8 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import InvalidSchedule
 from .models import Kind, ScheduledPrompt, Status, make_record
@@ -34,7 +32,6 @@ from .settings import Settings
 _PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 _MAX_NAME_CHARS = 256
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 #: Keyword arguments of ``schedule_prompt`` after the prompt text.
 SCHEDULE_ARGS = (
@@ -91,18 +88,20 @@ def new_prompt_ids(count: int) -> list[str]:
 
 
 def _encode_ids(values: Iterable[int]) -> list[str]:
-    # Each 128-bit value as 26 base32 digits: left-aligned in 20 bytes (160 bits, 32
-    # digits) so that one b32encode call converts them all, then the first 26 digits of
-    # each (128 bits and 2 zero bits). The standard alphabet is translated digit for
-    # digit to Crockford's, which sorts.
-    blob = b"".join((v << 32).to_bytes(20, "big") for v in values)
-    encoded = base64.b32encode(blob).translate(_TO_CROCKFORD).decode()
-    return [encoded[i : i + 26] for i in range(0, len(encoded), 32)]
+    # Each 128-bit value as 26 Crockford base32 digits (130 bits, the first 2 zero), two
+    # digits per lookup: lexicographic order is numeric order.
+    return ["".join([_PAIRS[v >> s & 1023] for s in _SHIFTS]) for v in values]
 
 
-@dataclass(frozen=True)
-class ScheduleRequest:
-    """The schedule part of a request, as given (before it is resolved against a clock)."""
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = range(120, -1, -10)
+
+
+class ScheduleRequest(NamedTuple):
+    """The schedule part of a request, as given (before it is resolved against a clock).
+
+    A named tuple rather than a dataclass: one is built for every prompt scheduled.
+    """
 
     at: Any = None
     delay: Any = None
@@ -206,8 +205,7 @@ def _check_bound(name: str, value: object, schedule_tz: str) -> datetime | None:
     return None if value is None else parse_instant(name, value, get_zone(schedule_tz))
 
 
-@dataclass(frozen=True)
-class ResolvedSchedule:
+class ResolvedSchedule(NamedTuple):
     kind: Kind
     timezone: str
     next_run_at: datetime | None
@@ -220,8 +218,8 @@ class ResolvedSchedule:
 
 def resolve_schedule(req: ScheduleRequest, now: datetime) -> ResolvedSchedule:
     """Check a schedule request against ``now`` and compute its first occurrence."""
-    given = [n for n in ("at", "delay", "cron") if getattr(req, n) is not None]
-    if len(given) != 1:
+    if (req.at is not None) + (req.delay is not None) + (req.cron is not None) != 1:
+        given = [n for n in ("at", "delay", "cron") if getattr(req, n) is not None]
         what = "none" if not given else " and ".join(given)
         raise InvalidSchedule(
             f"give exactly one of at= (a time), delay= (seconds from now) or cron= "
@@ -230,6 +228,8 @@ def resolve_schedule(req: ScheduleRequest, now: datetime) -> ResolvedSchedule:
     zone = get_zone(req.timezone)
     if req.cron is None:
         for name in ("start_at", "end_at", "max_runs"):
+            if req.start_at is req.end_at is req.max_runs is None:
+                break
             if getattr(req, name) is not None:
                 raise InvalidSchedule(
                     f"{name} bounds a cron schedule; a one-time prompt (at=/delay=) "
