@@ -15,6 +15,8 @@ import traceback
 from .common import progress
 
 BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness")
+#: Extra arguments per benchmark in a full run: the profiles that say where time goes.
+EXTRA = {"burst": ["--profile"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"bench.{name} starts")
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
+        argv = ["--quick"] if args.quick else EXTRA.get(name, [])
         try:
-            code = module.main(["--quick"] if args.quick else [])
+            code = module.main(argv)
+            if name == "throughput" and not args.quick and code == 0:
+                code = module.main(["--profile"])  # where schedule_many's time goes
         except Exception:
             traceback.print_exc()
             code = 1

@@ -1,0 +1,326 @@
+"""Memory: Redis bytes per stored prompt, and worker RSS against stored prompts.
+
+``python -m bench.memory [--quick]``
+
+1. **Redis bytes per prompt** (200-character prompt, 5,000 users, one-time prompts a day
+   or more ahead): ``used_memory`` of a private redis-server before and after storing
+   N = 100,000 prompts (``--quick``: 10,000), for ours (``api.schedule_many``), the seed
+   design (one JSON key per record, ``bench.baseline``) and celery-redbeat entries (the
+   prompt, user and platform in the entry's kwargs, written as ``save()`` writes them —
+   see ``bench.tick``), the server flushed between systems. Ours is then broken down by
+   key type with ``MEMORY USAGE``: every index key exactly (``SAMPLES 0``), the records
+   from a random sample of 2,000 scaled to N; what ``used_memory`` grew by beyond those
+   keys (the keyspace's own tables, the Lua scripts) is shown as "other".
+2. **Worker RSS**: for 1,000 and then 1,000,000 stored future prompts (``--quick``:
+   100,000), a fresh redis-server is filled with ``schedule_many``, plus 10 prompts due
+   a few seconds later; then a real ``celery -A scheduled_prompts worker``
+   (``--concurrency=2``, the recording test runner) and a real ``celery beat`` ticking
+   every second start against it. Once the worker logged " ready.", 5 ticks ran (seen in
+   the ``P:beat`` key) and the 10 prompts were delivered, the RSS of the worker's process
+   tree (``VmRSS`` of the main process and of its pool children, from ``/proc``) is read
+   3 times, a second apart; the last reading is shown. Beat is not counted.
+
+Prints two tables for part 1 and one for part 2; writes ``bench/results/memory.json``
+(``memory-quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import scheduled_prompts
+from bench import baseline
+from bench.common import (
+    client_for,
+    machine,
+    progress,
+    redis_server,
+    table,
+    used_memory,
+    write_results,
+)
+from bench.tick import RedBeatLoader, Workload, load_ours, load_seed, redbeat_app
+from scheduled_prompts import api
+from scheduled_prompts._time import utcnow
+from scheduled_prompts.connection import context
+from tests.e2e.cluster import REPO, Process
+from tests.recording_runner import read_records
+
+BYTES_N = 100_000
+QUICK_BYTES_N = 10_000
+RSS_SIZES = (1_000, 1_000_000)
+QUICK_RSS_SIZES = (1_000, 100_000)
+RECORD_SAMPLE = 2_000
+PROMISE_BYTES = 1_024
+TICKS = 5
+SOON = 10  # prompts due a few seconds after the worker starts: it must deliver them
+READINGS = 3
+
+
+# --- part 1: Redis bytes per prompt ----------------------------------------------------
+
+
+def usage(client: redis.Redis, keys: list[str]) -> int:
+    """Sum of ``MEMORY USAGE key SAMPLES 0`` (exact, every element counted)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(int(v or 0) for v in pipe.execute())
+
+
+def sampled_usage(client: redis.Redis, keys: list[str], count: int) -> float:
+    """``count`` times the mean ``MEMORY USAGE`` of ``keys`` (a random sample)."""
+    return usage(client, keys) / len(keys) * count
+
+
+def ours_breakdown(client: redis.Redis, n: int, delta: int) -> list[dict[str, Any]]:
+    keys = context().keys
+    ids = [i.decode() for i in client.zrandmember(keys.ids, RECORD_SAMPLE)]
+    users = [keys.user(f"user-{u:05d}") for u in range(min(n, 5_000))]
+    parts = [
+        ("records (string)", n, sampled_usage(client, [keys.prompt(i) for i in ids], n)),
+        (f"{keys.ids} (zset)", 1, usage(client, [keys.ids])),
+        (f"{keys.due} (zset)", 1, usage(client, [keys.due])),
+        (f"{keys.prefix}:user:* (zsets)", len(users), usage(client, users)),
+        (f"{keys.open_counts} (hash)", 1, usage(client, [keys.open_counts])),
+    ]
+    counted = sum(p[2] for p in parts)
+    parts.append(("other (keyspace tables, scripts)", 0, delta - counted))
+    return [
+        {"part": name, "keys": count, "bytes": round(size), "bytes_per_prompt": size / n,
+         "share": size / delta}
+        for name, count, size in parts
+    ]  # fmt: skip
+
+
+def redbeat_breakdown(
+    client: redis.Redis, loader: RedBeatLoader, n: int, delta: int
+) -> list[dict[str, Any]]:
+    sample = [k.decode() for k in client.zrandmember(loader.schedule_key, RECORD_SAMPLE)]
+    parts = [
+        ("entry hashes", n, sampled_usage(client, sample, n)),
+        (f"{loader.schedule_key} (zset)", 1, usage(client, [loader.schedule_key])),
+    ]
+    parts.append(("other", 0, delta - sum(p[2] for p in parts)))
+    return [{"part": p, "keys": c, "bytes": round(s), "bytes_per_prompt": s / n}
+            for p, c, s in parts]  # fmt: skip
+
+
+def measure_bytes(server_url: str, client: redis.Redis, n: int) -> list[dict[str, Any]]:
+    wl = Workload(utcnow(), n)
+    rows: list[dict[str, Any]] = []
+    loader = RedBeatLoader(redbeat_app(server_url), wl.base)
+    systems = (
+        ("ours", lambda: load_ours(wl)),
+        ("seed (one JSON key per record)", lambda: load_seed(client, wl)),
+        ("celery-redbeat entries", lambda: loader.load(client, wl)),
+    )
+    for name, load in systems:
+        client.flushall()
+        client.script_flush()
+        before = used_memory(client)
+        load()
+        delta = used_memory(client) - before
+        row: dict[str, Any] = {"system": name, "stored": n, "used_memory_delta": delta,
+                               "bytes_per_prompt": delta / n}  # fmt: skip
+        if name == "ours":
+            row["breakdown"] = ours_breakdown(client, n, delta)
+        elif name.startswith("celery-redbeat"):
+            row["breakdown"] = redbeat_breakdown(client, loader, n, delta)
+        else:
+            sample = [baseline.key(r) for r in _seed_ids(client)]
+            row["record_bytes"] = sampled_usage(client, sample, 1)
+        rows.append(row)
+        progress(f"{name}: {delta / n:,.0f} bytes per prompt")
+    client.flushall()
+    return rows
+
+
+def _seed_ids(client: redis.Redis) -> list[str]:
+    pipe = client.pipeline(transaction=False)
+    for _ in range(RECORD_SAMPLE):
+        pipe.randomkey()
+    return [k.decode().removeprefix(baseline.PREFIX) for k in pipe.execute() if k]
+
+
+def render_bytes(rows: list[dict[str, Any]]) -> str:
+    n = rows[0]["stored"]
+    head = table(
+        f"Redis memory per stored prompt (200-char prompt, {n:,} stored)",
+        ["system", "used_memory growth MB", "bytes / prompt"],
+        [[r["system"], r["used_memory_delta"] / 2**20, r["bytes_per_prompt"]] for r in rows],
+    )
+    ours = rows[0]
+    parts = table(
+        "Ours, by key type (MEMORY USAGE; records sampled)",
+        ["part", "keys", "MB", "bytes / prompt", "share"],
+        [[p["part"], p["keys"], p["bytes"] / 2**20, p["bytes_per_prompt"],
+          f"{100 * p['share']:.0f}%"] for p in ours["breakdown"]],
+    )  # fmt: skip
+    verdict = "met" if ours["bytes_per_prompt"] <= PROMISE_BYTES else "NOT met"
+    return f"{head}\n\n{parts}\n\npromise <= 1 KB per stored prompt: {verdict}"
+
+
+# --- part 2: worker RSS ----------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (read from ``/proc/*/stat``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces; the parent pid is the 2nd field after ')'.
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        out += kids
+        todo += kids
+    return out
+
+
+def worker_env(url: str, queue: str, records: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")}
+    env.update(
+        SCHEDULED_PROMPTS_REDIS_URL=url,
+        SCHEDULED_PROMPTS_QUEUE=queue,
+        SCHEDULED_PROMPTS_TICK_SECONDS="1",
+        SCHEDULED_PROMPTS_RUNNER="tests.recording_runner:RecordingRunner",
+        SP_TEST_RECORD_FILE=str(records),
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def wait_for_work(client: redis.Redis, records: Path, worker: Process, timeout: float) -> int:
+    """Wait for ``TICKS`` ticks (distinct ``P:beat`` values) and ``SOON`` deliveries."""
+    beat_key = context().keys.beat
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        value = client.get(beat_key)
+        if value is not None:
+            seen.add(value)
+        done = sum(1 for r in read_records(str(records)) if r["event"] == "end")
+        if len(seen) > TICKS and done >= SOON:
+            return done
+        if worker.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"worker: {len(seen)} ticks, {done} deliveries in {timeout}s:\n"
+                + worker.text()[-3000:]
+            )
+        time.sleep(0.2)
+
+
+def measure_rss(stored: int, tmp: Path) -> dict[str, Any]:
+    with redis_server() as server:
+        client = client_for(server)
+        queue = f"bench-memory-{uuid.uuid4().hex[:8]}"
+        scheduled_prompts.configure(redis_url=server.url, queue=queue)
+        try:
+            load_ours(Workload(utcnow(), stored))
+            records = tmp / f"records-{stored}.jsonl"
+            env = worker_env(server.url, queue, records)
+            api.schedule_many(
+                [{"prompt": f"soon {i}", "user_id": "user-soon", "platform": "bench",
+                  "delay": 4} for i in range(SOON)]
+            )  # fmt: skip
+            worker = Process(
+                f"worker-{stored}",
+                [sys.executable, "-m", "celery", "-A", "scheduled_prompts", "worker",
+                 "--loglevel=INFO", "--concurrency=2", "-n", f"bench-{stored}@%h",
+                 "--without-mingle", "--without-gossip"],
+                env, tmp / f"worker-{stored}.log",
+            )  # fmt: skip
+            beat = Process(
+                f"beat-{stored}",
+                [sys.executable, "-m", "celery", "-A", "scheduled_prompts", "beat",
+                 "--loglevel=INFO", "-s", str(tmp / f"beat-{stored}-schedule")],
+                env, tmp / f"beat-{stored}.log",
+            )  # fmt: skip
+            try:
+                worker.wait_for(" ready.", timeout=60)
+                delivered = wait_for_work(client, records, worker, timeout=60)
+                readings = []
+                for _ in range(READINGS):
+                    time.sleep(1)
+                    pool = children(worker.popen.pid)
+                    readings.append({"main_kb": rss_kb(worker.popen.pid),
+                                     "children_kb": sum(rss_kb(p) for p in pool),
+                                     "children": len(pool)})  # fmt: skip
+            finally:
+                beat.stop()
+                worker.stop()
+        finally:
+            scheduled_prompts.configure()
+    last = readings[-1]
+    progress(
+        f"{stored:,} stored: worker RSS {(last['main_kb'] + last['children_kb']) / 1024:.0f} MB"
+    )
+    return {"stored": stored, "delivered": delivered, "readings": readings, **last,
+            "total_kb": last["main_kb"] + last["children_kb"]}  # fmt: skip
+
+
+def render_rss(rows: list[dict[str, Any]]) -> str:
+    return table(
+        "Worker RSS vs stored prompts (celery worker --concurrency=2, after 5 ticks)",
+        ["stored", "main MB", "pool children MB", "total MB", "delivered"],
+        [[r["stored"], r["main_kb"] / 1024, r["children_kb"] / 1024, r["total_kb"] / 1024,
+          r["delivered"]] for r in rows],
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10k prompts; RSS at 1k and 100k")
+    args = parser.parse_args(argv)
+    n = QUICK_BYTES_N if args.quick else BYTES_N
+    with redis_server() as server:
+        client = client_for(server)
+        scheduled_prompts.configure(redis_url=server.url, queue="bench-memory")
+        try:
+            progress(f"Redis bytes per prompt, {n:,} stored")
+            bytes_rows = measure_bytes(server.url, client, n)
+            info = machine(client)
+        finally:
+            scheduled_prompts.configure()
+    print(render_bytes(bytes_rows))
+    rss_rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        for stored in QUICK_RSS_SIZES if args.quick else RSS_SIZES:
+            progress(f"worker RSS with {stored:,} stored")
+            rss_rows.append(measure_rss(stored, Path(tmp)))
+    print()
+    print(render_rss(rss_rows))
+    path = write_results(
+        "memory-quick" if args.quick else "memory",
+        {"machine": info, "bytes": bytes_rows, "worker_rss": rss_rows},
+    )
+    progress(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The peers' Celery app: one no-op task that records when it ran, and redbeat's settings.
+
+``celery -A bench.peers worker`` runs the task for the plain-ETA and celery-redbeat rows
+of the benchmarks; ``celery -A bench.peers beat -S redbeat.RedBeatScheduler`` is the
+redbeat peer. The app has the **same Celery settings as ours** (``celery_config()`` of
+the current ``SCHEDULED_PROMPTS_*`` settings: broker, acks late, prefetch 1, JSON, task
+events) minus our beat schedule, on its own queue, so the rows differ only in what sits
+between "due" and "task runs".
+
+Environment (read at import, so worker and beat processes pick it up):
+
+- ``BENCH_PEER_QUEUE``: queue of the no-op task (default ``bench-peers``);
+- ``BENCH_PEER_RECORD_FILE``: file the task appends one JSON line per run to;
+- ``BENCH_REDBEAT_MAX_INTERVAL``: beat's max interval (``beat_max_loop_interval``, the
+  longest beat sleeps between two looks at the schedule) in seconds (default 5).
+
+The no-op task appends ``{"key", "due", "at", "pid"}`` with ``at = time.time()`` (wall
+clock, the clock the recording runner uses too) in one ``O_APPEND`` write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from celery import Celery
+
+from scheduled_prompts.celery_app import celery_config
+from scheduled_prompts.settings import get_settings
+
+NOOP = "bench.peers.noop"
+
+app = Celery("bench.peers")
+
+
+def configure_peers(
+    broker_url: str | None = None,
+    queue: str | None = None,
+    max_interval: float | None = None,
+    record_file: str | None = None,
+) -> None:
+    """(Re)configure the app: ours' Celery settings, the peer queue and redbeat's.
+
+    Arguments left out come from the environment. Cached broker and redbeat connections
+    are dropped, so a benchmark can point the app at a new redis-server between runs.
+    """
+    settings = get_settings()
+    config = {k: v for k, v in celery_config(settings).items() if k != "beat_schedule"}
+    url = broker_url or settings.effective_broker_url
+    if max_interval is None:
+        max_interval = float(os.environ.get("BENCH_REDBEAT_MAX_INTERVAL", "5"))
+    if record_file is not None:
+        os.environ["BENCH_PEER_RECORD_FILE"] = record_file
+    config.update(
+        broker_url=url,
+        task_default_queue=queue or os.environ.get("BENCH_PEER_QUEUE", "bench-peers"),
+        beat_schedule={},
+        beat_max_loop_interval=max_interval,  # celery 5.7's name for beat's max interval
+        redbeat_redis_url=url,
+        redbeat_redis_options={},
+        redbeat_key_prefix="bench-redbeat:",
+    )
+    app.conf.update(config)
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    for attr in ("redbeat_redis", "redbeat_conf"):
+        if hasattr(app, attr):
+            delattr(app, attr)
+
+
+@app.task(name=NOOP, ignore_result=True)  # type: ignore[untyped-decorator]
+def noop(key: str, due: float) -> None:
+    """Record that the task ran: one JSON line with the time it was due and ``at``."""
+    append_record({"key": key, "due": due, "at": time.time(), "pid": os.getpid()})
+
+
+def append_record(record: dict[str, Any]) -> None:
+    """One short ``O_APPEND`` write: lines from several processes never mix."""
+    fd = os.open(
+        os.environ["BENCH_PEER_RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+    )
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+configure_peers()
