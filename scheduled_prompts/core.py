@@ -8,9 +8,11 @@ its result, and finally returns the verb's value. ``api.py`` drives plans with a
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -73,6 +75,17 @@ class Publish(store.Op):
 
     async def arun(self, redis: Any) -> int:
         return await asyncio.to_thread(self.run, redis)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
@@ -183,21 +196,24 @@ def schedule_many(
     fresh = iter(
         new_prompt_ids(sum(1 for s in specs if isinstance(s, Mapping) and not s.get("prompt_id")))
     )
-    for index, spec in enumerate(specs):
-        if not isinstance(spec, Mapping):
-            raise InvalidSchedule(
-                f"specs[{index}] must be a dict of schedule_prompt arguments, "
-                f"got {type(spec).__name__}"
-            )
-        try:
-            fresh_id = None if spec.get("prompt_id") else next(fresh)
-            record, req = build_from_spec(spec, now, ctx.settings, fresh_id)
-        except InvalidSchedule as exc:
-            raise InvalidSchedule(f"specs[{index}]: {exc}") from None
-        if record.id in seen:
-            raise InvalidSchedule(f"specs[{index}]: prompt_id {record.id!r} appears twice")
-        seen.add(record.id)
-        built.append((record, req, spec.get("prompt_id") is not None))
+    # Thousands of new records at once would start the cyclic GC over and over while
+    # none of them can be garbage yet: it is paused for this loop (which yields nothing).
+    with _gc_paused():
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, Mapping):
+                raise InvalidSchedule(
+                    f"specs[{index}] must be a dict of schedule_prompt arguments, "
+                    f"got {type(spec).__name__}"
+                )
+            try:
+                fresh_id = None if spec.get("prompt_id") else next(fresh)
+                record, req = build_from_spec(spec, now, ctx.settings, fresh_id)
+            except InvalidSchedule as exc:
+                raise InvalidSchedule(f"specs[{index}]: {exc}") from None
+            if record.id in seen:
+                raise InvalidSchedule(f"specs[{index}]: prompt_id {record.id!r} appears twice")
+            seen.add(record.id)
+            built.append((record, req, spec.get("prompt_id") is not None))
     # Idempotent ids that already exist resolve to the stored record (or a conflict).
     explicit = [r.id for r, _, given in built if given]
     raws = yield store.Read([ctx.keys.prompt(i) for i in explicit])

@@ -280,7 +280,7 @@ def first_cron_run(
     after = now
     if start_at is not None and start_at > now:
         after = start_at - timedelta(microseconds=1)
-    return _bounded(schedule.next_after(after), end_at)
+    return _bounded(_next_after(schedule, after), end_at)
 
 
 def next_cron_run(

@@ -589,11 +589,10 @@ def create_op(keys: Keys, records: Sequence[ScheduledPrompt], quota: int | None)
     args: list[str | int | float] = ["" if quota is None else str(quota)]
     prompt_key, user_key = keys.prompt, keys.user
     for rec in records:
-        due, _ = index_entries(rec)
-        if not due:
+        if not rec.status.is_live or rec.next_run_at is None:
             raise ValueError(f"create_op writes live records only, not {rec.status}")
         script_keys += [prompt_key(rec.id), user_key(rec.user_id)]
-        args += [rec.id, rec.user_id, rec.to_json(), due]
+        args += [rec.id, rec.user_id, rec.to_json(), to_ms(rec.next_run_at)]
     return Eval(CREATE, script_keys, args)
 
 
