@@ -329,16 +329,8 @@ def run_redbeat(n: int, concurrency: int, lead: float) -> BurstRun:
                 app=peers.app,
             ).save()
         end = time.time()
-        sleep_until(t)
-        backlog = int(client.llen(peer_env(c)["BENCH_PEER_QUEUE"]))
-        path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
-        wait_for_count(RecordTail(path), n, deadline=wait_deadline(t, n))
-        records = read_jsonl(path)
-        run = BurstRun("celery-redbeat", "beat + worker", n, concurrency, t, end - start,
-                       t - end, backlog)  # fmt: skip
-        run.finish([r["at"] for r in records], [r["key"] for r in records])
-        client.close()
-        return run
+        return _peer_run(c, client, ("celery-redbeat", "beat + worker"), n=n,
+                         concurrency=concurrency, t=t, sent=(start, end))  # fmt: skip
 
 
 def run_eta(n: int, concurrency: int, lead: float) -> BurstRun:
@@ -354,16 +346,31 @@ def run_eta(n: int, concurrency: int, lead: float) -> BurstRun:
             for i in range(n):
                 peers.noop.apply_async(args=(f"eta-{i}", t), eta=at, producer=producer)
         end = time.time()
-        sleep_until(t)
-        backlog = int(client.llen(peer_env(c)["BENCH_PEER_QUEUE"]))
-        path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
-        wait_for_count(RecordTail(path), n, deadline=wait_deadline(t, n))
-        records = read_jsonl(path)
-        run = BurstRun("celery ETA", "apply_async(eta=T)", n, concurrency, t, end - start,
-                       t - end, backlog)  # fmt: skip
-        run.finish([r["at"] for r in records], [r["key"] for r in records])
-        client.close()
-        return run
+        return _peer_run(c, client, ("celery ETA", "apply_async(eta=T)"), n=n,
+                         concurrency=concurrency, t=t, sent=(start, end))  # fmt: skip
+
+
+def _peer_run(
+    c: Cluster,
+    client: redis.Redis,
+    label: tuple[str, str],
+    *,
+    n: int,
+    concurrency: int,
+    t: float,
+    sent: tuple[float, float],
+) -> BurstRun:
+    """Wait past T for the peer's N no-op task records and measure them."""
+    start, end = sent
+    sleep_until(t)
+    backlog = int(client.llen(peer_env(c)["BENCH_PEER_QUEUE"]))
+    path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
+    wait_for_count(RecordTail(path), n, deadline=wait_deadline(t, n))
+    records = read_jsonl(path)
+    run = BurstRun(*label, n, concurrency, t, end - start, t - end, backlog)
+    run.finish([r["at"] for r in records], [r["key"] for r in records])
+    client.close()
+    return run
 
 
 def repeat(label: str, runs: int, fn: Callable[[], BurstRun]) -> list[BurstRun]:
