@@ -36,7 +36,16 @@ from .runners import call_runner, get_runner
 from .schedules import next_cron_run, parse_cron
 from .store import Context
 
-__all__ = ["DONE_TTL", "Outcome", "Result", "backoff", "deliver", "deliver_many", "tick"]
+__all__ = [
+    "DONE_TTL",
+    "Outcome",
+    "Result",
+    "backoff",
+    "deliver",
+    "deliver_many",
+    "siblings",
+    "tick",
+]
 
 log = logging.getLogger("scheduled_prompts.engine")
 
@@ -122,6 +131,25 @@ def deliver_many(
     slow runners commit one by one and fast ones in one round trip.
     """
     return _deliver(client, ctx, deliveries, 1, None, fixed_now=now)
+
+
+def siblings(client: redis.Redis, ctx: Context, delivery: Delivery, limit: int) -> list[Delivery]:
+    """Up to ``limit`` other occurrences due at the same instant, waiting in flight for
+    tasks of their own (published one by one, as writes do for what is due soon).
+
+    They share the in-flight deadline PROMOTE gave ``delivery`` (its occurrence plus the
+    re-drive delay); one claimed meanwhile has a later deadline and is not returned. A
+    ``deliver`` task takes them along in one batch; their own tasks then find them done.
+    """
+    deadline = delivery.occurrence_ms + redrive_delay(ctx)
+    keys = client.zrangebyscore(ctx.keys.inflight, deadline, deadline, start=0, num=limit + 1)
+    found = (Delivery.from_key(str(k)) for k in keys)
+    same = [
+        d
+        for d in found
+        if d != delivery and not d.trigger and d.occurrence_ms == delivery.occurrence_ms
+    ]
+    return same[:limit]
 
 
 #: Longest a finished outcome waits for the rest of its batch before it is committed.

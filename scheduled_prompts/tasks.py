@@ -67,12 +67,30 @@ def deliver(
     attempt: int = 1,
     coalesced_ms: int | None = None,
 ) -> str:
-    """Deliver one occurrence (by id: the prompt text never travels in the message)."""
+    """Deliver one occurrence (by id: the prompt text never travels in the message).
+
+    A first attempt takes along the occurrences due at the same instant that wait for
+    tasks of their own (see :func:`engine.siblings`): one batch instead of many tasks.
+    Those keep their own tasks for anything but success (a failed or busy one is retried
+    by its own task, which otherwise finds it done).
+    """
     delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger)
+    client, ctx = get_redis(), context()
     try:
-        result = engine.deliver(
-            get_redis(), context(), delivery, attempt=attempt, coalesced_ms=coalesced_ms
-        )
+        others: list[Delivery] = []
+        if (
+            attempt == 1
+            and not trigger
+            and coalesced_ms is None
+            and ctx.settings.deliver_batch_size > 1
+        ):
+            others = engine.siblings(client, ctx, delivery, ctx.settings.deliver_batch_size - 1)
+        if others:
+            result = engine.deliver_many(client, ctx, [delivery, *others])[0]
+        else:
+            result = engine.deliver(
+                client, ctx, delivery, attempt=attempt, coalesced_ms=coalesced_ms
+            )
     except (RedisError, StoreUnavailable) as exc:
         # The occurrence stays in flight in Redis; tick re-drives it if this retry is lost.
         log.warning("Redis unavailable delivering %s: %s", delivery.key, exc)

@@ -120,7 +120,12 @@ def test_batches_keep_every_occurrence_once_within_bounds(
 # --- deliver_many -------------------------------------------------------------------------
 
 
-def test_batch_of_fifty_costs_one_claim_and_one_commit(redis_url: str, use_runner: Any) -> None:
+def test_batch_of_fifty_costs_one_claim_and_one_commit(
+    redis_url: str, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fast runners commit once at the end; a stall of this test process (more than
+    # COMMIT_EVERY) would commit early, which another test covers.
+    monkeypatch.setattr(engine, "COMMIT_EVERY", 60.0)
     runner = use_runner(Recorder())
     t = later()
     ps = due_at(t, 50)
@@ -371,3 +376,35 @@ def test_concurrent_batches_of_the_same_occurrences_deliver_each_once(
         engine.deliver(client, context(), d, now=t)
     keys = [c["idempotency_key"] for c in runner.calls]
     assert sorted(keys) == sorted(d.key for d in ds)
+
+
+def test_a_deliver_task_takes_along_what_is_due_at_the_same_instant(
+    broker: redis.Redis, use_runner: Any
+) -> None:
+    """Prompts written one by one shortly before they are due each get a deliver task;
+    the first to run delivers them all, and the others find them done."""
+    t = later(1)
+    ps = [sp.schedule_prompt(f"p{i}", user_id="u1", platform="tg", at=t) for i in range(5)]
+    other_time = sp.schedule_prompt(
+        "later", user_id="u1", platform="tg", at=t + timedelta(seconds=1)
+    )
+    messages = queued(broker, "test-batches")
+    assert [m["task"] for m in messages] == [tasks.DELIVER] * 6  # one task per write
+    trigger_key = sp.trigger_prompt(other_time.id)
+    runner = use_runner(Recorder())
+    client = get_redis()
+    assert {d.prompt_id for d in engine.siblings(client, context(), of(ps[0]), 199)} == {
+        p.id for p in ps[1:]
+    }
+    assert len(engine.siblings(client, context(), of(ps[0]), 2)) == 2
+    assert tasks.deliver.apply(args=(ps[0].id, to_ms(t))).get() == "delivered"
+    assert sorted(c["prompt_id"] for c in runner.calls) == sorted(p.id for p in ps)
+    for p in ps[1:]:  # their own tasks find nothing left to do
+        assert tasks.deliver.apply(args=(p.id, to_ms(t))).get() == "skipped"
+    assert len(runner.calls) == 5
+    assert {p.id for p in ps}.isdisjoint(
+        Delivery.from_key(k).prompt_id for k in client.zrange(K.inflight, 0, -1)
+    )
+    # Neither the prompt due a second later nor the trigger was taken along.
+    assert other_time.id not in {c["prompt_id"] for c in runner.calls}
+    assert trigger_key not in {c["idempotency_key"] for c in runner.calls}
