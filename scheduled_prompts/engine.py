@@ -172,16 +172,19 @@ def _deliver(
     held = [(i, c) for i, c in enumerate(taken) if isinstance(c, Claimed)]
     pending: list[tuple[int, Claimed, Change, Result]] = []
     oldest = last_call = 0.0
+    lost: set[str] = set()
     for n, (i, claimed) in enumerate(held):
         # Commit what is finished before a call that may take long (going by the last).
         if pending and time.monotonic() - oldest + last_call >= COMMIT_EVERY:
             _commit(claims, pending, results)
             pending = []
-        # Runners may take long: keep the leases of what is still to run or to commit.
-        if (
-            claims.renewal_due
-            and not claims.renew([c for _, c in held[n:]] + [c for _, c, _, _ in pending])[0]
-        ):
+        # Runners may take long: keep the leases of what is still to run or to commit;
+        # one that ran out (another deliverer may hold it now) is not delivered here.
+        if claims.renewal_due:
+            still = [c for _, c in held[n:]] + [c for _, c, _, _ in pending]
+            renewed = claims.renew(still)
+            lost |= {c.delivery.key for c, ok in zip(still, renewed, strict=True) if not ok}
+        if claimed.delivery.key in lost:
             log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
             results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")
             continue

@@ -222,6 +222,28 @@ def test_an_occurrence_whose_lease_ran_out_is_not_delivered(
     assert still is not None and still.status is sp.Status.SCHEDULED
 
 
+def test_a_lease_lost_at_a_renewal_is_remembered_until_that_occurrence_comes_up(
+    redis_url: str, use_runner: Any
+) -> None:
+    """One renewal finds the third lease taken; it is not delivered, even though no
+    second renewal falls due before its turn."""
+    sp.configure(redis_url=redis_url, lease_seconds=0.4)
+    t = later()
+    first, second, third = due_at(t, 3)
+    client = get_redis()
+
+    def runner_hook(payload: dict[str, Any]) -> None:
+        if payload["prompt_id"] == first.id:
+            client.set(K.lease(third.id), "thief", px=30_000)
+            time.sleep(0.25)  # past half the lease: renewal before the second call
+
+    runner = use_runner(Recorder(hook=runner_hook))
+    results = engine.deliver_many(client, context(), [of(first), of(second), of(third)], now=t)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DELIVERED, Outcome.SKIPPED]
+    assert [c["prompt_id"] for c in runner.calls] == [first.id, second.id]
+    assert client.get(K.lease(third.id)) == "thief"
+
+
 def test_finished_outcomes_are_committed_while_slow_runners_go_on(
     redis_url: str, use_runner: Any
 ) -> None:
