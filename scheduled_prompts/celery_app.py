@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .settings import Settings, get_settings, on_reset
+from .worker import RestoreStranded
 
 
 def celery_config(settings: Settings | None = None) -> dict[str, Any]:
@@ -23,6 +24,12 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
     return {
         "broker_url": s.effective_broker_url,
         "broker_connection_retry_on_startup": True,
+        # Celery's consumer exits the worker when a Redis broker goes away (see
+        # scheduled_prompts.worker); ours reconnects and puts back what it held.
+        "worker_consumer": "scheduled_prompts.worker:Consumer",
+        # A runner call in progress when the broker goes away finishes and commits
+        # through the store; cancelling it would only repeat it after the reconnect.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
         # must outlast the horizon, or the Redis transport redelivers them early.
         "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
@@ -53,6 +60,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     celery = Celery("scheduled_prompts", include=["scheduled_prompts.tasks"])
+    celery.steps["consumer"].add(RestoreStranded)
     celery.conf.update(celery_config(settings))
     try:
         override = importlib.import_module("celeryconfig")

@@ -1,0 +1,102 @@
+"""The worker's consumer: Celery's, made to survive the loss of a Redis broker.
+
+``celery -A scheduled_prompts worker`` runs :class:`Consumer` (the app's
+``worker_consumer`` setting), so a plain worker, with no flags and no supervisor, keeps
+consuming after Redis is killed, restarted, paused or drops its connections.
+
+Why Celery's own consumer dies (celery 5.7, kombu 5.7, Redis transport): on a lost
+connection it first ``collect()``\\ s the broker connection, then ``close()``\\ s it.
+
+1. ``collect()`` closes the default channel. The channel's ``close()`` first reads the
+   reply of its pending ``BRPOP``; that read fails (the server is gone), the connection
+   error escapes ``close()`` half way — the channel is neither marked closed nor has it
+   put back its unacknowledged messages — and ``collect()`` ignores the error. It then
+   detaches the transport from the connection (``transport.client = None``).
+2. ``close()`` closes the same channel again. This time it gets as far as restoring the
+   unacknowledged messages (the ETA tasks the worker holds), which needs a new Redis
+   client, whose parameters come from ``transport.client`` — now ``None``: an
+   ``AttributeError``. Celery ignores only connection errors there, so the worker stops
+   with ``Unrecoverable error``.
+
+The fix closes the channel *before* Celery's cleanup, while the transport still knows
+its broker, and keeps the delivery tags of messages it could not put back (the broker
+was down): once connected again, :class:`RestoreStranded` returns them to their queue,
+so an ETA task held by the lost connection runs on time instead of after the visibility
+timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from celery import bootsteps
+from celery.exceptions import CPendingDeprecationWarning
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+log = logging.getLogger("scheduled_prompts.worker")
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, with a connection loss that never ends the worker."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Delivery tags of messages left in the broker's unacknowledged index by a lost
+        #: connection, to put back once connected again.
+        self.stranded: list[str] = []
+        super().__init__(*args, **kwargs)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        if connection is not None:
+            self.stranded.extend(close_channel(connection))
+        with warnings.catch_warnings():
+            # Celery warns on every reconnect that a future default will cancel the
+            # tasks running at the loss; this app sets that setting to False on purpose
+            # (see celery_config), so the warning says nothing here.
+            warnings.filterwarnings(
+                "ignore", "\nIn Celery 5.1", category=CPendingDeprecationWarning
+            )
+            super().on_connection_error_after_connected(exc)
+
+
+def close_channel(connection: Any) -> list[str]:
+    """Close ``connection``'s default channel while its transport still knows the
+    broker; returns the delivery tags it could not put back (Redis transport only)."""
+    channel = getattr(connection, "_default_channel", None)
+    if channel is None:
+        return []
+    qos = getattr(channel, "_qos", None)
+    for _ in range(2):  # the first close may stop at the pending BRPOP's failed read
+        try:
+            channel.close()
+        except Exception as exc:  # the broker is down: a connection error, whichever kind
+            log.debug("closing the lost broker channel: %r", exc)
+        if getattr(channel, "closed", True):
+            break
+    delivered = getattr(qos, "_delivered", None)
+    if not delivered or not hasattr(qos, "restore_by_tag"):
+        return []
+    tags = [str(tag) for tag in delivered]
+    delivered.clear()
+    return tags
+
+
+class RestoreStranded(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Once the consumer is connected again, put back the messages a lost connection
+    left unacknowledged (see :func:`close_channel`)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Consumer) -> None:
+        tags = getattr(c, "stranded", None)
+        if not tags:
+            return
+        qos = c.connection.default_channel.qos
+        restored = 0
+        while tags:
+            qos.restore_by_tag(tags[0])  # a tag already put back is a no-op
+            tags.pop(0)
+            restored += 1
+        log.warning("put back %d message(s) held by the lost broker connection", restored)
