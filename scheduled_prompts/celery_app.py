@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .settings import Settings, get_settings, on_reset
-from .worker import RestoreStranded
+from .worker import Pulse, RestoreStranded
 
 
 def celery_config(settings: Settings | None = None) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     celery = Celery("scheduled_prompts", include=["scheduled_prompts.tasks"])
-    celery.steps["consumer"].add(RestoreStranded)
+    celery.steps["consumer"].update({RestoreStranded, Pulse})
     celery.conf.update(celery_config(settings))
     try:
         override = importlib.import_module("celeryconfig")

@@ -76,6 +76,12 @@ class Settings:
     redis_timeout_seconds: float = _setting(
         5.0, "Socket connect and read timeout of the store's Redis connections."
     )
+    pulse_seconds: float = _setting(
+        5.0, "How often a worker sends itself a pulse through the broker (0 = never)."
+    )
+    pulse_dir: str | None = _setting(
+        None, "Folder of the workers' pulse files; unset means `<tmp>/scheduled-prompts-pulse`."
+    )
 
     @property
     def effective_broker_url(self) -> str:
@@ -127,6 +133,7 @@ _NON_NEGATIVE = {
     "max_metadata_bytes",
     "max_prompts_per_user",
     "redis_timeout_seconds",
+    "pulse_seconds",
     "tool_max_active_prompts",
     "tool_min_cron_interval_seconds",
     "tool_max_prompt_chars",

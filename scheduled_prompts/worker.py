@@ -28,12 +28,21 @@ timeout.
 from __future__ import annotations
 
 import logging
+import os
+import time
 import warnings
 from typing import Any
 
 from celery import bootsteps
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Consumer as MessageConsumer
+from kombu.messaging import Producer
+
+from . import pulse
+from .pulse import pulse_dir
+from .settings import get_settings
 
 log = logging.getLogger("scheduled_prompts.worker")
 
@@ -100,3 +109,86 @@ class RestoreStranded(bootsteps.StartStopStep):  # type: ignore[misc]
             tags.pop(0)
             restored += 1
         log.warning("put back %d message(s) held by the lost broker connection", restored)
+
+
+class Pulse(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Every ``PULSE_SECONDS`` the worker sends itself a message through the broker, on
+    a queue of its own; taking it proves the consumer consumes (see
+    :mod:`scheduled_prompts.pulse`, read by ``doctor --probe``).
+
+    The pulse queue has a channel of its own without a prefetch limit, and its messages
+    are not acknowledged: a pool busy with long runner calls does not hold pulses back.
+    Sending runs on the event loop's timer, so a loop that stopped turning sends none.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
+        settings = get_settings()
+        self.interval = settings.pulse_seconds
+        self.directory = pulse_dir(settings)
+        self.queue_name = f"{settings.queue}.pulse.{c.hostname}"
+        self.started_at: float | None = None
+        self.channel: Any = None
+        self.timer_entry: Any = None
+        super().__init__(c, **kwargs)
+
+    def include_if(self, c: Consumer) -> bool:
+        return self.interval > 0
+
+    def start(self, c: Consumer) -> None:
+        # kombu's constructors are untyped: built through Any-typed names.
+        exchange_type: Any = Exchange
+        queue_type: Any = Queue
+        exchange = exchange_type(self.queue_name, type="direct", durable=False, auto_delete=True)
+        queue = queue_type(
+            self.queue_name, exchange, self.queue_name, durable=False, auto_delete=True
+        )
+        self.channel = c.connection.channel()
+        consumer_type: Any = MessageConsumer
+        consumer = consumer_type(
+            self.channel, [queue], callbacks=[self._taken], accept=["json"], no_ack=True
+        )
+        consumer.consume()
+        producer_type: Any = Producer
+        producer = producer_type(self.channel, exchange, routing_key=self.queue_name)
+        self.started_at = self.started_at or time.time()
+        self._write(c, None)
+
+        def send() -> None:
+            try:
+                producer.publish({"sent_at": time.time()}, serializer="json", retry=False)
+            except Exception as exc:  # the consumer notices a lost broker on its own
+                log.debug("pulse not sent: %r", exc)
+
+        send()
+        self.timer_entry = c.timer.call_repeatedly(self.interval, send)
+        self._consumer = c
+
+    def _taken(self, body: Any, message: Any) -> None:
+        self._write(self._consumer, time.time())
+
+    def _write(self, c: Consumer, taken_at: float | None) -> None:
+        assert self.started_at is not None
+        try:
+            pulse.record(
+                self.directory,
+                pulse.Pulse(c.hostname, os.getpid(), self.interval, self.started_at, taken_at),
+            )
+        except OSError as exc:
+            log.warning("cannot write the pulse file in %s: %s", self.directory, exc)
+
+    def stop(self, c: Consumer) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception as exc:  # a channel of a lost connection
+                log.debug("closing the pulse channel: %r", exc)
+
+    def shutdown(self, c: Consumer) -> None:
+        self.stop(c)
+        pulse.forget(self.directory, c.hostname, os.getpid())

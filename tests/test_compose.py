@@ -379,6 +379,23 @@ def test_worker_and_beat_come_back_and_wait_for_a_healthy_redis() -> None:
     assert seconds(svcs["worker"]["stop_grace_period"]) >= Settings().lease_seconds
 
 
+def test_worker_and_beat_health_checks_are_the_doctor_probes() -> None:
+    svcs = services()
+    probes = {}
+    for name in ("worker", "beat"):
+        test = argv(svcs[name]["healthcheck"]["test"])
+        assert test[0] == "CMD", test
+        args = test[1:]
+        assert args[:2] == ["scheduled-prompts", "doctor"], args
+        probes[name] = args[args.index("--probe") + 1]
+        # The probe answers in well under a second; the timeout leaves room for a busy host.
+        assert seconds(svcs[name]["healthcheck"]["timeout"]) >= 2
+    assert probes == {"worker": "liveness", "beat": "readiness"}
+    doctor = cli.commands["doctor"]
+    choices = next(p for p in doctor.params if p.name == "probe").type.choices  # type: ignore[attr-defined]
+    assert set(probes.values()) <= set(choices)
+
+
 def test_exactly_one_beat() -> None:
     svcs = services()
     beats = [

@@ -11,6 +11,7 @@ import click
 import redis
 from redis.exceptions import RedisError
 
+from .. import pulse
 from ..connection import client_kwargs
 from ..keys import Keys
 from ..runners import load_runner
@@ -99,11 +100,56 @@ def _workers() -> Check:
     )
 
 
+def _probe(kind: str, settings: Settings, missed: int) -> None:
+    """One line and exit 0/1, from the pulse files of the workers on this host."""
+    pulses = pulse.running(pulse.pulse_dir(settings))
+    if kind == "liveness":
+        problem = pulse.liveness(pulses, missed=missed)
+    else:
+        problem = pulse.readiness(pulses, lambda: _store_problem(settings))
+    if problem is not None:
+        click.echo(f"not {'live' if kind == 'liveness' else 'ready'}: {problem}")
+        sys.exit(1)
+    names = ", ".join(p.worker for p in pulses) or "no worker here"
+    click.echo(f"{'live' if kind == 'liveness' else 'ready'}: {names}")
+    sys.exit(0)
+
+
+def _store_problem(settings: Settings) -> str | None:
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        **client_kwargs(settings) | {"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
+    try:
+        client.ping()
+    except RedisError as exc:
+        return f"Redis unreachable at {mask_url(settings.redis_url)}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
 @cli.command()
 @json_option
-def doctor(as_json: bool) -> None:
+@click.option(
+    "--probe",
+    type=click.Choice(["liveness", "readiness"]),
+    help="Only this probe, for health checks: one line, exit 0 or 1. liveness: every "
+    "worker on this host took a pulse through the broker lately; readiness: Redis "
+    "answers and every worker here consumes now.",
+)
+@click.option(
+    "--missed",
+    type=click.IntRange(1),
+    default=pulse.MISSED,
+    show_default=True,
+    help="liveness: pulse intervals a worker may miss before it is not live.",
+)
+def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     """Check Redis, persistence, eviction, timeouts, the runner, workers and beat."""
     settings = get_settings()
+    if probe is not None:
+        _probe(probe, settings, missed)
     url = mask_url(settings.redis_url)
     client = redis.Redis.from_url(
         settings.redis_url,
