@@ -23,7 +23,7 @@ from tests.recording_runner import read_records
 
 from . import measure, workload
 from .measure import Fault
-from .procs import HAZARD, FaultCluster, Supervised, Up
+from .procs import HAZARD, FaultCluster, Up, Watched
 from .workload import Size, Workload
 
 
@@ -34,8 +34,8 @@ class Run:
     cluster: FaultCluster
     size: Size
     work: Workload = field(init=False)
-    workers: list[Supervised] = field(default_factory=list)
-    beats: list[Supervised] = field(default_factory=list)
+    workers: list[Watched] = field(default_factory=list)
+    beats: list[Watched] = field(default_factory=list)
     up: Up | None = None
     faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -63,9 +63,13 @@ class Scenario:
     #: Too slow for the default test run: the test skips unless SP_FAULTS=1.
     slow = False
 
+    def unavailable(self) -> str | None:
+        """Why this scenario cannot run on this machine (None: it can)."""
+        return None
+
     def start(self, run: Run) -> None:
-        run.workers = [run.cluster.supervise("worker", "w1"), run.cluster.supervise("worker", "w2")]
-        run.beats = [run.cluster.supervise("beat", "beat")]
+        run.workers = [run.cluster.start("worker", "w1"), run.cluster.start("worker", "w2")]
+        run.beats = [run.cluster.start("beat", "beat")]
 
     def inject(self, run: Run) -> None:
         raise NotImplementedError
@@ -155,7 +159,8 @@ def execute(scenario: Scenario, size: Size, *, keep: bool = False) -> dict[str, 
         scenario.finish(run)
         result |= {"prompts": size.prompts + run.extra.get("added_prompts", 0)}
         result |= measure.analyse(run.work, run.records(), run.faults)
-        exits = [e for sup in run.workers + run.beats for e in sup.exits]
+        # Exits the scenario did not cause: a plain worker or beat that gave up.
+        exits = [e for proc in run.workers + run.beats for e in proc.unexpected_exits]
         result |= {
             "settled": settled,
             "store": state,

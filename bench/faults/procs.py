@@ -1,9 +1,10 @@
 """Processes for the fault suite: the end-to-end ``Cluster`` with a persistent Redis, a
-Celery config override, supervised workers and beats, and ``scheduled-prompts up``.
+Celery config override, watched workers and beats, and ``scheduled-prompts up``.
 
-A supervised process is restarted one second after it exits, as ``scheduled-prompts up``
-and a container restart policy do: the Redis-restart hazard (kombu exiting the worker
-with an ``AttributeError``) is survived by restarting, and the suite shows that.
+Workers and beats run plain, as ``celery -A scheduled_prompts worker`` does for a user
+without a supervisor: a process that exits stays down, and the exit is counted. Only a
+process the scenario itself stopped (``kill -9``, a warm shutdown) is started again, when
+the scenario asks for it: that is an operator's restart, part of the fault.
 """
 
 from __future__ import annotations
@@ -44,19 +45,26 @@ class Exit:
     at: float
     status: int | None
     hazard: bool  # the kombu AttributeError after a broker restart
+    expected: bool  # the scenario stopped it (kill -9, warm shutdown)
 
 
 @dataclass
-class Supervised:
-    """Keeps one process running: restarts it ``delay`` seconds after it exits."""
+class Watched:
+    """One worker or beat process, watched for exits.
+
+    Plain by default: an exit the scenario did not cause is recorded and the process
+    stays down. After an exit the scenario caused (:meth:`kill9`, :meth:`terminate`), it
+    is started again ``delay`` seconds later when ``restart`` is set.
+    """
 
     name: str
     factory: Callable[[int], Proc]
     delay: float = 1.0
-    restart: bool = True  # False: a process that exits stays down
+    restart: bool = False
     current: Proc = field(init=False)
     incarnations: list[Proc] = field(default_factory=list)
     exits: list[Exit] = field(default_factory=list)
+    _expecting: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,6 +72,10 @@ class Supervised:
         self.current = self._spawn()
         self._thread = threading.Thread(target=self._watch, name=self.name, daemon=True)
         self._thread.start()
+
+    @property
+    def unexpected_exits(self) -> list[Exit]:
+        return [e for e in self.exits if not e.expected]
 
     def _spawn(self) -> Proc:
         proc = self.factory(len(self.incarnations) + 1)
@@ -77,8 +89,9 @@ class Supervised:
                 if status is None:
                     continue
                 hazard = HAZARD in self.current.text()
-                self.exits.append(Exit(self.name, time.time(), status, hazard))
-            if self._stop.wait(self.delay) or not self.restart:
+                expected, self._expecting = self._expecting, False
+                self.exits.append(Exit(self.name, time.time(), status, hazard, expected))
+            if not (expected and self.restart) or self._stop.wait(self.delay):
                 return
             with self._lock:
                 if not self._stop.is_set():
@@ -88,12 +101,14 @@ class Supervised:
         """SIGKILL the process group; returns the pids that were killed."""
         with self._lock:
             pids = self.current.pids()
+            self._expecting = True
             os.killpg(self.current.popen.pid, signal.SIGKILL)
             return pids
 
     def terminate(self) -> None:
         """SIGTERM the main process: Celery's warm shutdown."""
         with self._lock:
+            self._expecting = True
             os.kill(self.current.popen.pid, signal.SIGTERM)
 
     def stop(self) -> None:
@@ -113,7 +128,7 @@ def celery_args(kind: str, name: str, tmp: Path, concurrency: int = 2) -> list[s
 
 class FaultCluster(Cluster):
     """The end-to-end cluster, with a Redis that can be restarted on the same port and
-    data, an optional ``celeryconfig`` override, and supervised processes.
+    data, an optional ``celeryconfig`` override, and watched worker and beat processes.
 
     ``Cluster.__init__`` is not called: it starts a Redis without persistence.
     """
@@ -156,7 +171,7 @@ class FaultCluster(Cluster):
             **(env or {}),
         }
         self.processes: list[Process] = []
-        self.supervised: list[Supervised] = []
+        self.watched: list[Watched] = []
         scheduled_prompts.configure(**self.settings)
 
     def spawn(self, name: str, args: list[str]) -> Proc:
@@ -164,17 +179,12 @@ class FaultCluster(Cluster):
         self.processes.append(proc)
         return proc
 
-    def supervise(self, kind: str, name: str, *, concurrency: int = 2) -> Supervised:
-        """A worker or beat restarted whenever it exits; waits until the first is up."""
+    def start(self, kind: str, name: str, *, concurrency: int = 2) -> Watched:
+        """A plain worker or beat (see :class:`Watched`); waits until it is up."""
         args = celery_args(kind, name, self.tmp, concurrency)
-        sup = Supervised(name, lambda n: self.spawn(f"{name}.{n}", args))
-        self.supervised.append(sup)
-        sup.current.wait_for(" ready." if kind == "worker" else "beat: Starting", timeout=60)
-        return sup
-
-    def start_beat(self, name: str) -> Proc:
-        proc = self.spawn(name, celery_args("beat", name, self.tmp))
-        proc.wait_for("beat: Starting", timeout=60)
+        proc = Watched(name, lambda n: self.spawn(f"{name}.{n}", args))
+        self.watched.append(proc)
+        proc.current.wait_for(" ready." if kind == "worker" else "beat: Starting", timeout=60)
         return proc
 
     def up(self) -> Up:
@@ -190,10 +200,10 @@ class FaultCluster(Cluster):
         return "\n".join(f"--- {p.name}\n{p.text()}" for p in self.processes)
 
     def close(self) -> None:
-        for sup in self.supervised:
-            sup._stop.set()
-        for sup in self.supervised:
-            sup.stop()
+        for proc in self.watched:
+            proc._stop.set()
+        for proc in self.watched:
+            proc.stop()
         if self.redis.process is not None:
             self.redis.process.send_signal(signal.SIGCONT)  # in case a scenario left it stopped
         super().close()

@@ -33,19 +33,28 @@ COLUMNS = (
     "duplicated",
     "documented",
     "max lateness s",
+    "worker exits",
     "notes",
 )
 
 
 def passed(r: dict[str, Any]) -> bool:
+    if "skipped" in r:
+        return True
     return bool(
-        "error" not in r and r["settled"] and r["missing"] == 0 and not r["unexplained_repeats"]
+        "error" not in r
+        and r["settled"]
+        and r["missing"] == 0
+        and not r["unexplained_repeats"]
+        and r["process_exits"] == 0
     )
 
 
 def row(r: dict[str, Any]) -> list[str]:
+    if "skipped" in r:
+        return [r["scenario"], *[""] * 8, f"skipped: {r['skipped']}"]
     if "error" in r:
-        return [r["scenario"], "", "", "", "", "", "", "", f"ERROR {r['error']} ({r['logs']})"]
+        return [r["scenario"], *[""] * 8, f"ERROR {r['error']} ({r['logs']})"]
     notes = list(r["notes"])
     cron = r["cron"]
     notes.append(f"cron minutes {cron['covered']}/{cron['expected_minutes']}")
@@ -55,8 +64,8 @@ def row(r: dict[str, Any]) -> list[str]:
         notes.append(f"{r['runner_failures']} runner failures retried")
     if r["interrupted_calls"]:
         notes.append(f"{r['interrupted_calls']} calls cut off")
-    if r["process_exits"]:
-        notes.append(f"{r['process_exits']} process exit(s), {r['hazard_exits']} kombu hazard")
+    if r["hazard_exits"]:
+        notes.append(f"{r['hazard_exits']} exit(s) with the kombu hazard")
     if r["unexplained_repeats"]:
         notes.append(f"UNEXPLAINED repeats: {r['unexplained_repeats'][:3]}")
     if not r["settled"]:
@@ -73,6 +82,7 @@ def row(r: dict[str, Any]) -> list[str]:
         f"{r['duplicated']} done / {r['started_twice']} started",
         str(documented),
         f"{r['max_lateness_s']:.2f}" if r["max_lateness_s"] is not None else "-",
+        str(r["process_exits"]),
         "; ".join(notes),
     ]
 
@@ -105,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     for scenario in chosen:
         print(f"== {scenario.name}: {scenario.summary}", file=sys.stderr, flush=True)
+        reason = scenario.unavailable()
+        if reason is not None:
+            print(f"   skipped: {reason}", file=sys.stderr, flush=True)
+            results.append({"scenario": scenario.name, "skipped": reason})
+            continue
         try:
             result = execute(scenario, size, keep=args.keep)
         except Exception as exc:

@@ -1,15 +1,21 @@
-"""One scenario per fault. Each runs two supervised workers and a supervised beat unless
-it says otherwise (see ``harness.Scenario``), and injects its fault at the middle of the
-window."""
+"""One scenario per fault. Each runs two plain workers and a plain beat unless it says
+otherwise (see ``harness.Scenario``: nothing restarts a process that gives up), and
+injects its fault at the middle of the window."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import time
 from datetime import timedelta
 from typing import Any, ClassVar
+
+from redis import Redis
+from redis.exceptions import RedisError
 
 import scheduled_prompts as sp
 from scheduled_prompts._time import utcnow
@@ -66,12 +72,13 @@ class WorkerRestart(Scenario):
     env: ClassVar[dict[str, str]] = {"SP_TEST_RUNNER_SLEEP": "0.1"}
 
     def start(self, run: Run) -> None:
-        run.workers = [run.cluster.supervise("worker", "w1")]
-        run.beats = [run.cluster.supervise("beat", "beat")]
+        run.workers = [run.cluster.start("worker", "w1")]
+        run.beats = [run.cluster.start("beat", "beat")]
 
     def inject(self, run: Run) -> None:
         # No Fault is recorded: a warm shutdown finishes its calls, so no repeat is allowed.
         (worker,) = run.workers
+        worker.restart = True
         worker.terminate()
         began = time.monotonic()
         while not worker.exits and time.monotonic() - began < 60:
@@ -87,6 +94,7 @@ class BeatKill9(Scenario):
     def start(self, run: Run) -> None:
         super().start(run)
         run.beats[0].delay = 8.0 if run.size.spread > 30 else 4.0
+        run.beats[0].restart = True
 
     def inject(self, run: Run) -> None:
         run.beats[0].kill9()
@@ -100,7 +108,7 @@ class TwoBeats(Scenario):
 
     def start(self, run: Run) -> None:
         super().start(run)
-        run.beats.append(run.cluster.supervise("beat", "beat-b"))
+        run.beats.append(run.cluster.start("beat", "beat-b"))
 
     def inject(self, run: Run) -> None:
         run.note("both beats ran throughout")
@@ -131,25 +139,33 @@ class ShortVisibility(Scenario):
         run.note(f"{received} task messages received for {run.work.expected()} occurrences")
 
 
+def _canaries(run: Run, count: int) -> list[sp.ScheduledPrompt]:
+    """Prompts whose creation is acknowledged just before a Redis fault."""
+    return [
+        sp.schedule_prompt(**spec)  # type: ignore[arg-type]
+        for spec in once_specs(count, run.work.end - timedelta(seconds=2), 2.0, "canary")
+    ]
+
+
+def _count_canaries(run: Run, canaries: list[sp.ScheduledPrompt]) -> list[sp.ScheduledPrompt]:
+    """Adds the canaries that survived to the workload; returns those that did not."""
+    lost = [p for p in canaries if sp.get_prompt(p.id) is None]
+    run.work.add_once([p for p in canaries if p not in lost])
+    run.extra["added_prompts"] = len(canaries)
+    return lost
+
+
 class RedisKill9(Scenario):
     name = "redis-kill9-aof"
     summary = (
         "kill -9 redis-server (AOF, appendfsync everysec), restarted 2 s later on the same "
-        "data; worker and beat run under `scheduled-prompts up`"
+        "port and data; plain worker and beat"
     )
     redis_args = AOF
     env = SLOW_RUNNER
 
-    def start(self, run: Run) -> None:
-        run.up = run.cluster.up()
-
     def inject(self, run: Run) -> None:
-        # Canaries: prompts whose creation was acknowledged just before the crash.
-        end = run.work.end
-        canaries = [
-            sp.schedule_prompt(**spec)  # type: ignore[arg-type]
-            for spec in once_specs(10, end - timedelta(seconds=2), 2.0, "canary")
-        ]
+        canaries = _canaries(run, 10)
         acknowledged = time.time()
         redis = run.cluster.redis
         assert redis.process is not None
@@ -159,19 +175,117 @@ class RedisKill9(Scenario):
         time.sleep(2.0)
         redis.start()
         run.faults.append(Fault("redis kill -9", killed, time.time()))
-        survived = [p for p in canaries if sp.get_prompt(p.id) is not None]
-        run.work.add_once(survived)
-        run.extra["added_prompts"] = len(canaries)
+        lost = _count_canaries(run, canaries)
         run.extra["canaries_acknowledged"] = len(canaries)
-        run.extra["canaries_survived"] = len(survived)
+        run.extra["canaries_survived"] = len(canaries) - len(lost)
         run.note(
-            f"{len(survived)}/{len(canaries)} prompts acknowledged in the "
+            f"{len(canaries) - len(lost)}/{len(canaries)} prompts acknowledged in the "
             f"{killed - acknowledged + 0.25:.1f} s before the kill survived it"
         )
+
+
+class RedisKill9Up(RedisKill9):
+    name = "redis-kill9-up"
+    summary = "as redis-kill9-aof, with worker and beat under `scheduled-prompts up`"
+
+    def start(self, run: Run) -> None:
+        run.up = run.cluster.up()
 
     def finish(self, run: Run) -> None:
         assert run.up is not None
         run.note(f"`up` restarted a child {run.up.restarts()} time(s)")
+
+
+class RedisShutdown(Scenario):
+    name = "redis-shutdown"
+    summary = "SHUTDOWN (Redis saves and exits), restarted 2 s later on the same port and data"
+    redis_args = AOF
+    env = SLOW_RUNNER
+
+    def inject(self, run: Run) -> None:
+        redis = run.cluster.redis
+        assert redis.process is not None
+        began = time.time()
+        with contextlib.suppress(RedisError):  # the server closes the connection as it exits
+            Redis.from_url(redis.url).shutdown()
+        redis.process.wait()
+        time.sleep(2.0)
+        redis.start()
+        # A clean shutdown cuts no call short: no repeat is allowed.
+        run.note(f"Redis down {time.time() - began:.1f} s")
+
+
+class RedisPaused(Scenario):
+    """Connections hang: nothing is refused, nothing answers."""
+
+    env = SLOW_RUNNER
+
+    def __init__(self, seconds: int, *, slow: bool = False) -> None:
+        self.seconds = seconds
+        self.name = f"redis-sigstop-{seconds}s"
+        self.summary = f"redis-server SIGSTOPped for {seconds} s (connections hang), then SIGCONT"
+        self.slow = slow
+
+    def inject(self, run: Run) -> None:
+        redis = run.cluster.redis
+        assert redis.process is not None
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        stopped = time.time()
+        time.sleep(self.seconds)
+        os.kill(redis.process.pid, signal.SIGCONT)
+        run.faults.append(Fault("redis unreachable", stopped, time.time()))
+        run.extra["resumed_at"] = utcnow().isoformat()
+
+
+class ClientKill(Scenario):
+    name = "redis-client-kill"
+    summary = "CLIENT KILL TYPE normal three times within 3 s (every connection cut, Redis up)"
+    env = SLOW_RUNNER
+
+    def inject(self, run: Run) -> None:
+        client = Redis.from_url(run.cluster.redis.url)
+        began = time.time()
+        killed = []
+        for i in range(3):
+            if i:
+                time.sleep(1.0)
+            killed.append(int(client.client_kill_filter(_type="normal")))
+        run.faults.append(Fault("client kill", began, time.time()))
+        run.note(f"connections cut: {killed}")
+
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+class RabbitRestart(Scenario):
+    name = "rabbitmq-stop-app"
+    summary = "RabbitMQ as broker (Redis the store): `rabbitmqctl stop_app`, `start_app` 3 s later"
+    settings: ClassVar[dict[str, Any]] = {"horizon_seconds": 20, "broker_url": RABBITMQ}
+    env = SLOW_RUNNER
+
+    def unavailable(self) -> str | None:
+        if shutil.which("rabbitmqctl") is None:
+            return "rabbitmqctl is not installed"
+        if not _answers("127.0.0.1", 5672):
+            return "no RabbitMQ answers on 127.0.0.1:5672"
+        return None
+
+    def inject(self, run: Run) -> None:
+        began = time.time()
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+        stopped = time.time()
+        time.sleep(3.0)
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=60)
+        run.faults.append(Fault("rabbitmq stop_app", began, time.time()))
+        run.note(f"broker down {time.time() - stopped:.1f} s")
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 class RedisLostSecond(Scenario):
@@ -191,10 +305,7 @@ class RedisLostSecond(Scenario):
         lost_from = time.time()
         # Acknowledged writes inside the lost second: creations, and whatever deliveries
         # commit meanwhile.
-        canaries = [
-            sp.schedule_prompt(**spec)  # type: ignore[arg-type]
-            for spec in once_specs(5, run.work.end - timedelta(seconds=2), 2.0, "canary")
-        ]
+        canaries = _canaries(run, 5)
         time.sleep(max(0.0, 1.0 - (time.time() - lost_from)))
         assert redis.process is not None
         redis.process.kill()
@@ -204,30 +315,12 @@ class RedisLostSecond(Scenario):
         shutil.copytree(saved, aof)
         redis.start()
         run.faults.append(Fault("lost AOF second", lost_from, killed))
-        lost = [p for p in canaries if sp.get_prompt(p.id) is None]
-        run.work.add_once([p for p in canaries if p not in lost])
-        run.extra["added_prompts"] = len(canaries)
+        lost = _count_canaries(run, canaries)
         run.extra["acknowledged_then_lost"] = [p.id for p in lost]
         run.note(
             f"{len(lost)}/{len(canaries)} prompts created in the lost second are gone "
             "(documented loss, not counted as missing)"
         )
-
-
-class RedisUnreachable(Scenario):
-    name = "redis-unreachable-20s"
-    summary = "redis-server SIGSTOPped for 20 s (connections hang), then SIGCONT"
-    env = SLOW_RUNNER
-
-    def inject(self, run: Run) -> None:
-        redis = run.cluster.redis
-        assert redis.process is not None
-        os.kill(redis.process.pid, signal.SIGSTOP)
-        stopped = time.time()
-        time.sleep(20)
-        os.kill(redis.process.pid, signal.SIGCONT)
-        run.faults.append(Fault("redis unreachable", stopped, time.time()))
-        run.extra["resumed_at"] = utcnow().isoformat()
 
 
 class FlakyRunner(Scenario):
@@ -250,8 +343,13 @@ SCENARIOS: list[Scenario] = [
     TwoBeats(),
     ShortVisibility(),
     RedisKill9(),
+    RedisKill9Up(),
+    RedisShutdown(),
     RedisLostSecond(),
-    RedisUnreachable(),
+    RedisPaused(15),
+    RedisPaused(60, slow=True),
+    ClientKill(),
+    RabbitRestart(),
     FlakyRunner(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
