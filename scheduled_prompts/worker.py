@@ -60,6 +60,13 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         connection = self.connection
         if connection is not None:
             self.stranded.extend(close_channel(connection))
+            # Celery drops self.connection before it stops the steps, and a message
+            # consumer step (gossip's) then fails to close its channels with an
+            # AttributeError logged at ERROR on every reconnect: close them now.
+            for step in self.blueprint.steps.values():
+                if isinstance(step, bootsteps.ConsumerStep) and step.consumers:
+                    step.stop(self)
+                    step.consumers = None
         with warnings.catch_warnings():
             # Celery warns on every reconnect that a future default will cancel the
             # tasks running at the loss; this app sets that setting to False on purpose

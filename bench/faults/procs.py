@@ -121,8 +121,8 @@ class Watched:
 def celery_args(kind: str, name: str, tmp: Path, concurrency: int = 2) -> list[str]:
     base = [sys.executable, "-m", "celery", "-A", "scheduled_prompts", kind, "--loglevel=INFO"]
     if kind == "worker":
-        return [*base, f"--concurrency={concurrency}", "-n", f"{name}@%h",
-                "--without-mingle", "--without-gossip"]  # fmt: skip
+        # Otherwise Celery's defaults (mingle, gossip, heartbeats on), as users run it.
+        return [*base, f"--concurrency={concurrency}", "-n", f"{name}@%h"]
     return [*base, "-s", str(tmp / f"{name}-schedule")]
 
 
