@@ -40,6 +40,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # runner failed for good: recorded
     MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
     NO_RUNNER = "no_runner"  # left pending
+    DEFERRED = "deferred"  # not run: the worker is stopping; its lease released
 
 
 @dataclass(frozen=True)

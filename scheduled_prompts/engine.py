@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -121,6 +121,7 @@ def deliver_many(
     deliveries: Sequence[Delivery],
     *,
     now: datetime | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[Result]:
     """Deliver first attempts of several occurrences: one claim and one commit round trip.
 
@@ -129,8 +130,13 @@ def deliver_many(
     are committed together at the end, or before a runner call that would make them
     wait longer than :data:`COMMIT_EVERY` (judged by the previous call's duration), so
     slow runners commit one by one and fast ones in one round trip.
+
+    Once ``stopping()`` is true (the worker is shutting down), no further runner call
+    starts: what is finished is committed, the rest is released and returned as
+    ``DEFERRED`` for the caller to send again. A warm shutdown then waits for one runner
+    call, not for a whole batch.
     """
-    return _deliver(client, ctx, deliveries, 1, None, fixed_now=now)
+    return _deliver(client, ctx, deliveries, 1, None, fixed_now=now, stopping=stopping)
 
 
 def siblings(client: redis.Redis, ctx: Context, delivery: Delivery, limit: int) -> list[Delivery]:
@@ -165,6 +171,7 @@ def _deliver(
     coalesced_ms: int | None,
     *,
     fixed_now: datetime | None,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[Result]:
     claims = Claims(client, ctx)
     taken = claims.claim(deliveries, fixed_now or utcnow())
@@ -174,6 +181,11 @@ def _deliver(
     oldest = last_call = 0.0
     lost: set[str] = set()
     for n, (i, claimed) in enumerate(held):
+        if stopping is not None and stopping():
+            for j, rest in held[n:]:
+                claims.release(rest.delivery, None)
+                results[j] = Result(Outcome.DEFERRED)
+            break
         # Commit what is finished before a call that may take long (going by the last).
         if pending and time.monotonic() - oldest + last_call >= COMMIT_EVERY:
             _commit(claims, pending, results)

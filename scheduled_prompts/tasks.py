@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.synchronize
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 from redis.exceptions import RedisError
 
 from . import engine, maintenance
@@ -20,6 +22,29 @@ from .occurrences import Delivery, batches
 from .runners import get_runner
 
 log = logging.getLogger("scheduled_prompts.tasks")
+
+#: Set by the worker's main process when its shutdown begins. Made in ``worker_init``,
+#: before the prefork pool forks, so the pool's processes share it: a batch stops
+#: between runner calls instead of keeping the warm shutdown waiting for all of them.
+_stopping: multiprocessing.synchronize.Event | None = None
+
+
+def stopping() -> bool:
+    """Whether this worker is shutting down (always False outside a worker)."""
+    return _stopping is not None and _stopping.is_set()
+
+
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    global _stopping
+    _stopping = multiprocessing.Event()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    if _stopping is not None:
+        _stopping.set()
+
 
 DELIVER = "scheduled_prompts.deliver"
 DELIVER_BATCH = "scheduled_prompts.deliver_batch"
@@ -86,7 +111,7 @@ def deliver(
         ):
             others = engine.siblings(client, ctx, delivery, ctx.settings.deliver_batch_size - 1)
         if others:
-            result = engine.deliver_many(client, ctx, [delivery, *others])[0]
+            result = engine.deliver_many(client, ctx, [delivery, *others], stopping=stopping)[0]
         else:
             result = engine.deliver(
                 client, ctx, delivery, attempt=attempt, coalesced_ms=coalesced_ms
@@ -102,7 +127,7 @@ def deliver(
             "coalesced_ms": result.occurrence_ms,
         }
         raise self.retry(countdown=result.retry_in, kwargs=kwargs)
-    if result.outcome is Outcome.BUSY:
+    if result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
         raise self.retry(countdown=result.retry_in)
     return result.outcome.value
 
@@ -116,7 +141,7 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """
     deliveries = [Delivery(str(pid), int(ms)) for pid, ms in items]
     try:
-        results = engine.deliver_many(get_redis(), context(), deliveries)
+        results = engine.deliver_many(get_redis(), context(), deliveries, stopping=stopping)
     except (RedisError, StoreUnavailable) as exc:
         # Every occurrence stays in flight in Redis; what was committed is skipped again.
         log.warning("Redis unavailable delivering a batch of %d: %s", len(deliveries), exc)
@@ -127,7 +152,7 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
         if result.outcome is Outcome.RETRY:
             kwargs = {"attempt": 2, "coalesced_ms": result.occurrence_ms}
             _follow_up(d, result.retry_in, kwargs)
-        elif result.outcome is Outcome.BUSY:
+        elif result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
             _follow_up(d, result.retry_in, {})
     return counts
 
