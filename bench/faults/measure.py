@@ -80,18 +80,28 @@ def _epoch(dt: datetime) -> float:
     return dt.timestamp()
 
 
-def cron_coverage(minutes: list[int], done: dict[int, float]) -> tuple[int, int, list[float]]:
+def cron_coverage(
+    minutes: list[int], done: dict[int, float], end_ms: int | None = None
+) -> tuple[int, int, list[float]]:
     """(covered, coalesced, lateness per covered minute) for one cron prompt.
 
     ``done`` maps each delivered minute (ms) to its first completed call's start. A
     delivered minute ``d`` stands for itself and every expected minute after the previous
-    delivered one: the occurrences it coalesced.
+    delivered one: the occurrences it coalesced. A minute after the window's end
+    (``end_ms``) stands for expected minutes over a minute late when it was delivered:
+    the engine coalesced them (an outage that outlasted the window).
     """
     delivered = sorted(done)
     covered = coalesced = 0
     late: list[float] = []
+
+    def stands_for(d: int, m: int) -> bool:
+        if d < m:
+            return False
+        return end_ms is None or d <= end_ms or done[d] - m / 1000 > 60
+
     for m in minutes:
-        by = next((d for d in delivered if d >= m), None)
+        by = next((d for d in delivered if stands_for(d, m)), None)
         if by is None:
             continue
         covered += 1
@@ -124,9 +134,9 @@ def analyse(work: Workload, records: list[dict[str, Any]], faults: list[Fault]) 
         done = {}
         for key in by_key:
             head, _, ms = key.rpartition(":")
-            if head == pid and int(ms) <= end_ms and (t := first_done(key)) is not None:
+            if head == pid and (t := first_done(key)) is not None:
                 done[int(ms)] = t
-        covered, coalesced, late = cron_coverage(minutes, done)
+        covered, coalesced, late = cron_coverage(minutes, done, end_ms)
         cron_expected += len(minutes)
         cron_covered += covered
         cron_coalesced += coalesced

@@ -87,6 +87,15 @@ def test_a_cron_minute_counts_when_it_or_a_later_minute_standing_for_it_was_deli
     assert late == [0.1, 65.0, 5.0]
 
 
+def test_a_minute_after_the_window_stands_for_the_minutes_it_coalesced() -> None:
+    # The window ends at 60 s. An outage made minute 60 s coalesce into minute 120 s
+    # (delivered at 127 s, 67 s late for it): covered. Minute 0 was delivered on time.
+    minutes = [0, 60_000]
+    assert cron_coverage(minutes, {0: 0.1, 120_000: 127.0}, end_ms=60_000)[:2] == (2, 1)
+    # Without a delivery after the window, minute 60 s is missing.
+    assert cron_coverage(minutes, {0: 0.1}, end_ms=60_000)[:2] == (1, 0)
+
+
 def test_about_a_fifth_of_keys_fail_their_first_attempt() -> None:
     failing = sum(fails_first_attempt(f"p{i}:1795622400000", 20) for i in range(5000))
     assert 900 < failing < 1100
