@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,8 +48,12 @@ def is_local(url: str) -> bool:
     return parts.scheme == "redis" and (parts.hostname or "") in LOCAL_HOSTS
 
 
-def start(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server for ``url`` (a local redis:// URL) with AOF in ``data_dir``."""
+def start(
+    url: str, data_dir: Path, *, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server for ``url`` (a local redis:// URL) with AOF in ``data_dir``, in
+    a session of its own; ``preexec_fn`` runs in the child before the exec (``up`` arms
+    the signal the child gets when ``up`` dies)."""
     found = redis_server_binary()
     if found is None:
         raise RuntimeError(
@@ -81,6 +86,7 @@ def start(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,  # it logs to redis.log in the data folder
         start_new_session=True,
         cwd=data_dir,
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - the caller's choice, see cli.up
     )
     assert process.stdin is not None
     process.stdin.write(("\n".join(config) + "\n").encode())

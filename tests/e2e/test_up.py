@@ -4,12 +4,16 @@ when none answers, a supervised worker and beat, LogRunner deliveries, a clean C
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import pytest
 import scheduled_prompts as sp
 from scheduled_prompts import embedded
 from tests.e2e.cluster import Process
+from tests.recording_runner import read_records
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,6 +49,66 @@ def _ppid(pid: int) -> int | None:
 
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _started_at(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot), None once it is gone or a
+    zombie: with the pid, an identity that a reused pid does not match."""
+    fields = _read(f"/proc/{pid}/stat").decode(errors="replace").rpartition(")")[2].split()
+    return None if not fields or fields[0] == "Z" else fields[19]
+
+
+def _tree(root: int) -> dict[int, str]:
+    """Every live descendant of ``root``: pid -> command line."""
+    parents = {pid: _ppid(pid) for pid in _pids()}
+    found: dict[int, str] = {}
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found.keys()
+        for pid in frontier:
+            found[pid] = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode()
+    return found
+
+
+class Descendants:
+    """The processes ``up`` started (worker, its pool, beat, redis-server, Flower), each
+    recorded with its start time so that a reused pid never passes for one of them."""
+
+    def __init__(self, up: subprocess.Popen[bytes], *, pool: int, flower: bool) -> None:
+        self.up = up
+        self.expected = {"redis-server": 1, "worker": 1 + pool, "beat": 1, "flower": int(flower)}
+        self.started: dict[int, tuple[str, str]] = {}
+
+    @staticmethod
+    def _kind(cmd: str) -> str:
+        words = cmd.split()
+        if words and "redis-server" in words[0]:
+            return "redis-server"
+        return next((w for w in ("worker", "beat", "flower") if w in words), cmd)
+
+    def record(self, timeout: float = 30) -> None:
+        """Wait until all of them run (pool processes fork after the worker), record them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tree = _tree(self.up.pid)
+            counts = Counter(self._kind(cmd) for cmd in tree.values())
+            if counts == Counter(self.expected):  # missing counts as zero
+                break
+            assert time.monotonic() < deadline, (counts, tree)
+            time.sleep(0.1)
+        for pid, cmd in tree.items():
+            started = _started_at(pid)
+            assert started is not None, cmd
+            self.started[pid] = (started, cmd)
+
+    def alive(self) -> dict[int, str]:
+        return {pid: cmd for pid, (at, cmd) in self.started.items() if _started_at(pid) == at}
+
+    def wait_gone(self, timeout: float = 30) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
 
 
 class Up(Process):
@@ -248,3 +313,184 @@ def test_up_refusing_flower_leaves_no_embedded_redis_behind(
     assert status == 2, up.text()
     assert lines == ["Error: --flower needs Flower: pip install 'scheduled-prompts[flower]'"]
     assert deployment.wait_no_leftovers(2) == {}, "the embedded redis-server was left running"
+
+
+def _record_calls(deployment: Deployment, seconds: float) -> Path:
+    """Deliveries of the deployment's ``up`` go to the recording runner, ``seconds`` each."""
+    records = deployment.tmp / "records.jsonl"
+    deployment.env |= {
+        "SCHEDULED_PROMPTS_RUNNER": "tests.recording_runner:RecordingRunner",
+        "SP_TEST_RECORD_FILE": str(records),
+        "SP_TEST_RUNNER_SLEEP": str(seconds),
+        "SCHEDULED_PROMPTS_LEASE_SECONDS": "5",  # a cut call is re-driven soon
+    }
+    return records
+
+
+def _wait_for_call(records: Path, up: Up) -> None:
+    """Until a runner call has started (and so is in progress: it lasts seconds)."""
+    deadline = time.monotonic() + 30
+    while not read_records(str(records)):
+        assert time.monotonic() < deadline, up.text()[-3000:]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("signum", "flower"),
+    [
+        (signal.SIGINT, False),
+        (signal.SIGTERM, True),
+        (signal.SIGHUP, False),
+        (signal.SIGQUIT, False),
+    ],
+    ids=["SIGINT", "SIGTERM-with-flower", "SIGHUP", "SIGQUIT"],
+)
+def test_up_stopped_by_a_signal_finishes_the_call_in_progress_and_leaves_nothing(
+    deployment: Deployment, signum: signal.Signals, flower: bool
+) -> None:
+    records = _record_calls(deployment, seconds=2)
+    up = deployment.up(*(["--flower", f"--flower-port={free_port()}"] if flower else []))
+    up.wait_for(" ready.")
+    if flower:
+        up.wait_for("Visit me at")
+    family = Descendants(up.popen, pool=2, flower=flower)
+    family.record()
+    deployment.use()
+    soon = sp.schedule_prompt("soon", user_id="ana", platform="cli", delay=1)
+    _wait_for_call(records, up)
+
+    started = time.monotonic()
+    os.kill(up.popen.pid, signum)
+    try:
+        status = up.popen.wait(60)  # the bound is 30 s for the children + 10 s for Redis
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"up did not stop:\n{up.text()[-4000:]}") from None
+    took = time.monotonic() - started
+    assert status == 0, up.text()[-3000:]
+    assert family.wait_gone() == {}
+    print(f"{signum.name}: up exited {took:.2f}s after the signal")
+    out = up.text()
+    assert "killing" not in out, out[-3000:]  # everything stopped within its grace
+    assert "[up] stopped" in out
+    # A warm shutdown: the runner call in progress ran to its end and was committed.
+    assert [r["event"] for r in read_records(str(records))] == ["start", "end"]
+    assert "succeeded in" in out and "'delivered'" in out, out[-3000:]
+    assert deployment.wait_no_leftovers() == {}
+    assert not embedded.answers(deployment.url, 0.5)
+    assert soon.id in read_records(str(records))[0]["key"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "hurried"),
+    [(signal.SIGTERM, signal.SIGINT, True), (signal.SIGHUP, signal.SIGHUP, False)],
+    ids=["SIGTERM-then-SIGINT-kills", "SIGHUP-twice-stays-warm"],
+)
+def test_up_second_signal_while_stopping_kills_at_once_unless_a_repeated_hangup(
+    deployment: Deployment, first: signal.Signals, second: signal.Signals, hurried: bool
+) -> None:
+    records = _record_calls(deployment, seconds=6)
+    up = deployment.up()
+    up.wait_for(" ready.")
+    family = Descendants(up.popen, pool=2, flower=False)
+    family.record()
+    deployment.use()
+    sp.schedule_prompt("slow", user_id="ana", platform="cli", delay=1)
+    _wait_for_call(records, up)
+
+    os.kill(up.popen.pid, first)
+    up.wait_for("[up] stopping")
+    os.kill(up.popen.pid, second)  # a closing terminal can send SIGHUP twice
+    assert up.popen.wait(60) == 0, up.text()[-3000:]
+    assert family.wait_gone() == {}
+    assert deployment.wait_no_leftovers() == {}
+    calls = [r["event"] for r in read_records(str(records))]
+    if hurried:  # the call in progress was cut; it is delivered again after a restart
+        assert calls == ["start"]
+        assert "[up] a second signal: killing worker" in up.text()
+    else:
+        assert calls == ["start", "end"]
+        assert "killing" not in up.text()
+
+
+def test_up_killed_with_sigkill_mid_delivery_leaves_nothing_and_loses_nothing(
+    deployment: Deployment,
+) -> None:
+    records = _record_calls(deployment, seconds=2)
+    up = deployment.up("--flower", f"--flower-port={free_port()}")
+    up.wait_for(" ready.")
+    up.wait_for("Visit me at")
+    deployment.use()
+    far = sp.schedule_prompt("far ahead", user_id="ana", platform="cli", delay=86_400)
+    soon = sp.schedule_prompt("soon", user_id="ana", platform="cli", delay=1)
+    family = Descendants(up.popen, pool=2, flower=True)
+    family.record()
+    _wait_for_call(records, up)
+
+    os.kill(up.popen.pid, signal.SIGKILL)  # up alone: its children are in other groups
+    up.popen.wait()
+    killed = time.monotonic()
+    left = family.wait_gone()
+    took = time.monotonic() - killed
+    assert left == {}, up.text()[-3000:]
+    print(f"SIGKILL: every process up started gone {took:.2f}s after up died")
+    assert deployment.wait_no_leftovers() == {}
+
+    again = deployment.up()
+    again.wait_for(" ready.")
+    assert "started an embedded redis-server" in again.text()
+    deployment.use()  # drop connections to the first embedded server
+    kept = sp.get_prompt(far.id)
+    assert kept is not None
+    assert kept.status is sp.Status.SCHEDULED
+    deadline = time.monotonic() + 60  # the cut call is delivered again, in full
+    while not [r for r in read_records(str(records)) if r["event"] == "end"]:
+        assert time.monotonic() < deadline, again.text()[-3000:]
+        time.sleep(0.1)
+    assert {r["prompt_id"] for r in read_records(str(records))} == {soon.id}
+    assert again.interrupt() == 0, again.text()[-3000:]
+    assert deployment.wait_no_leftovers() == {}
+
+
+def test_up_stops_everything_when_its_terminal_closes(deployment: Deployment) -> None:
+    # A real hang-up, not a signal sent by hand: up's controlling terminal is a pty whose
+    # master side closes, so up gets SIGHUP from the kernel and every write of up and its
+    # children to the terminal fails from then on (EIO).
+    master, terminal = os.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    popen = subprocess.Popen(
+        [str(SCRIPT), "up"],
+        cwd=deployment.tmp,
+        env=deployment.env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=take_terminal,  # noqa: PLW1509 - the test process has no threads
+    )
+    os.close(terminal)
+    try:
+        out = b""
+        deadline = time.monotonic() + 30
+        while b" ready." not in out:
+            assert popen.poll() is None and time.monotonic() < deadline, out.decode()[-3000:]
+            if select.select([master], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    out += os.read(master, 65536)
+        family = Descendants(popen, pool=2, flower=False)
+        family.record()
+        os.close(master)
+        master = -1
+        started = time.monotonic()
+        assert popen.wait(60) == 0
+        print(f"terminal closed: up exited {time.monotonic() - started:.2f}s after")
+        assert family.wait_gone() == {}
+        assert deployment.wait_no_leftovers() == {}
+    finally:
+        if master >= 0:
+            os.close(master)
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
