@@ -4,10 +4,18 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 import scheduled_prompts
 from scheduled_prompts.connection import get_redis
 from tests.redis_server import RedisServer
+
+# No wall-clock limits in property tests: the suite must pass on a loaded machine, where
+# one example can take longer than Hypothesis' 200 ms deadline, or generating data
+# longer than its "too slow" health check allows, with nothing wrong (pytest-timeout
+# still bounds every test).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")

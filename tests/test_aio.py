@@ -4,10 +4,10 @@ client per event loop, and publishing to Celery that never blocks the loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import itertools
 import json
-import time
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -72,8 +72,9 @@ def snapshot(r: redis.Redis) -> dict[str, Any]:
 def test_schedule_prompt_writes_the_record_the_sync_api_reads(r: redis.Redis) -> None:
     before = utcnow()
     p = run(aonce(channel_id="chat-7", metadata={"lang": "pt", "n": [1, 2]}))
+    after = utcnow()
     assert p.kind is sp.Kind.ONCE and p.status is sp.Status.SCHEDULED
-    assert timedelta(seconds=599) < p.next_run_at - before < timedelta(seconds=601)
+    assert before + timedelta(seconds=600) <= p.next_run_at <= after + timedelta(seconds=600)
     assert sp.get_prompt(p.id) == p
     assert sp.ScheduledPrompt.from_json(r.get(K.prompt(p.id))) == p
     assert r.zscore(K.due, p.id) == to_ms(p.next_run_at)
@@ -260,7 +261,9 @@ def test_cancel_pause_resume_match_the_sync_api(r: redis.Redis) -> None:
     assert run(aio.pause_prompt(p.id)) == paused  # pausing twice changes nothing
     resumed = run(aio.resume_prompt(p.id, user_id="u1"))
     assert resumed.status is sp.Status.ACTIVE and resumed.version == 3
-    assert utcnow() < resumed.next_run_at <= utcnow() + timedelta(minutes=5)
+    # The next */5 minute strictly after the resume (its updated_at), not a missed one.
+    assert resumed.updated_at < resumed.next_run_at <= resumed.updated_at + timedelta(minutes=5)
+    assert resumed.next_run_at.minute % 5 == 0 and resumed.next_run_at.second == 0
     assert sp.get_prompt(p.id) == resumed
     cancelled = run(aio.cancel_prompt(p.id, user_id="u1"))
     assert cancelled.status is sp.Status.CANCELLED and cancelled.next_run_at is None
@@ -338,11 +341,18 @@ def test_cleanup_expired_prompts_removes_only_old_terminal_prompts(r: redis.Redi
     r.set(K.prompt(old.id), aged.to_json())
     r.zadd(K.finished, {old.id: to_ms(aged.updated_at)})
     result = json.loads(run(aio.cleanup_expired_prompts(days_to_keep=30)))
-    assert result == {"success": True, "message": result["message"], "days_kept": 30, "deleted": 1}
+    assert result == {
+        "success": True,
+        "message": "deleted 1 prompt(s) finished more than 30 day(s) ago",
+        "days_kept": 30,
+        "deleted": 1,
+    }
     assert sp.get_prompt(old.id) is None and r.zscore(K.finished, old.id) is None
     assert sp.get_prompt(live.id) == live and sp.get_prompt(done.id) == done
     state = snapshot(r)
-    assert "error" in json.loads(run(aio.cleanup_expired_prompts(days_to_keep=-1)))
+    assert json.loads(run(aio.cleanup_expired_prompts(days_to_keep=-1))) == {
+        "error": "days_to_keep must be a number of days from 0 to 36500, got -1"
+    }
     assert snapshot(r) == state
 
 
@@ -428,70 +438,74 @@ def test_asyncio_run_closes_its_redis_connections(r: redis.Redis, redis_url: str
     assert leaks == []
 
 
-async def with_heartbeat(
-    call: Callable[[], Awaitable[T]],
-) -> tuple[T, list[float], float, float]:
-    """Run ``call`` while a task on the same loop records a tick every 10 ms.
+class OffLoop:
+    """Wraps ``tasks.publish`` to show it runs off the event loop, by events, not time.
 
-    Returns the call's result, the tick times, and when the call started and ended.
+    The wrapped publish notes its thread, signals that it started, then waits until a
+    watcher task *on the loop* saw that signal and answered. A publish on the loop's
+    own thread would hold the loop, the watcher could not answer, and the wait would end
+    unanswered after 30 s (the test then fails instead of hanging).
     """
-    ticks: list[float] = []
-    stop = asyncio.Event()
 
-    async def heartbeat() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
-            ticks.append(time.monotonic())
+    def __init__(self, publish: Callable[[Sequence[Delivery]], None]) -> None:
+        self.publish = publish
+        self.started = threading.Event()
+        self.loop_answered = threading.Event()
+        self.answered_in_time: list[bool] = []
+        self.threads: list[int] = []
+        self.published: list[Delivery] = []
 
-    beat = asyncio.create_task(heartbeat())
-    await asyncio.sleep(0.02)  # the heartbeat is running before the call starts
-    start = time.monotonic()
-    try:
-        result = await call()
-    finally:
-        end = time.monotonic()
-        stop.set()
-        await beat
-    return result, ticks, start, end
+    def __call__(self, deliveries: Sequence[Delivery]) -> None:
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        self.answered_in_time.append(self.loop_answered.wait(30))
+        self.publish(deliveries)  # may raise: a broker that is down
+        self.published.extend(deliveries)
 
+    async def run(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """``call()``'s result and the loop's thread, with the watcher on the loop."""
 
-def longest_gap(ticks: Sequence[float], start: float, end: float) -> float:
-    """The longest time the loop went without a tick between ``start`` and ``end``."""
-    points = [start, *(t for t in ticks if start < t < end), end]
-    return max(b - a for a, b in itertools.pairwise(points))
+        async def watch() -> None:
+            while not self.started.is_set():
+                await asyncio.sleep(0.001)
+            self.loop_answered.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await call(), threading.get_ident()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 def test_scheduling_a_prompt_due_soon_publishes_without_blocking_the_loop(
     r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_publish = scheduled_prompts.tasks.publish
-    published: list[Delivery] = []
-
-    def slow_publish(deliveries: Sequence[Delivery]) -> None:
-        time.sleep(0.3)  # a slow broker: a blocking call would freeze the loop this long
-        real_publish(deliveries)
-        published.extend(deliveries)
-
-    monkeypatch.setattr(scheduled_prompts.tasks, "publish", slow_publish)
-    p, ticks, start, end = run(with_heartbeat(lambda: aonce(delay=2)))
-    assert end - start >= 0.3
-    assert len([t for t in ticks if start < t < end]) >= 10
-    assert longest_gap(ticks, start, end) < 0.2
-    assert published == [Delivery(p.id, to_ms(p.next_run_at))]
-    assert r.zscore(K.inflight, published[0].key) is not None
+    spy = OffLoop(scheduled_prompts.tasks.publish)
+    monkeypatch.setattr(scheduled_prompts.tasks, "publish", spy)
+    p, loop_thread = run(spy.run(lambda: aonce(delay=2)))
+    assert spy.answered_in_time == [True], "the loop did not run while publish did"
+    assert spy.threads and loop_thread not in spy.threads
+    # The call returned after the publish: the task is in the broker when it returns.
+    assert spy.published == [Delivery(p.id, to_ms(p.next_run_at))]
+    assert r.zscore(K.inflight, spy.published[0].key) is not None
     assert r.llen(sp.get_settings().queue) == 1  # the ETA task reached the broker
     assert sp.get_prompt(p.id) == p
 
 
 def test_unreachable_broker_still_returns_the_record_and_the_loop_keeps_running(
-    r: redis.Redis,
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sp.configure(
         redis_url=sp.get_settings().redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0"
     )
-    p, ticks, start, end = run(with_heartbeat(lambda: aonce(delay=2)))
+    spy = OffLoop(scheduled_prompts.tasks.publish)
+    monkeypatch.setattr(scheduled_prompts.tasks, "publish", spy)
+    p, loop_thread = run(spy.run(lambda: aonce(delay=2)))
+    assert spy.answered_in_time == [True], "the loop did not run while publish did"
+    assert spy.threads and loop_thread not in spy.threads
+    assert spy.published == []  # the broker refused it
     assert p.status is sp.Status.SCHEDULED and sp.get_prompt(p.id) == p
     # Not published, but in flight in Redis: tick re-drives it.
     assert r.zscore(K.inflight, f"{p.id}:{to_ms(p.next_run_at)}") is not None
-    assert len([t for t in ticks if start < t < end]) >= 3
-    assert longest_gap(ticks, start, end) < 0.2

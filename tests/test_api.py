@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
 import scheduled_prompts as sp
+from scheduled_prompts import engine, verbs
 from scheduled_prompts._time import to_ms, utcnow
+from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
+from scheduled_prompts.occurrences import Delivery
 from tests.redis_server import free_port
 
 K = Keys("sp")
@@ -61,9 +67,10 @@ def snapshot(r: redis.Redis) -> dict[str, Any]:
 def test_schedule_once_writes_record_and_every_index(r: redis.Redis) -> None:
     before = utcnow()
     p = once(channel_id="chat-7", metadata={"lang": "pt", "n": [1, 2]})
+    after = utcnow()
     assert p.kind is sp.Kind.ONCE and p.status is sp.Status.SCHEDULED
     assert p.next_run_at == p.schedule_time
-    assert timedelta(seconds=599) < p.next_run_at - before < timedelta(seconds=601)
+    assert before + timedelta(seconds=600) <= p.next_run_at <= after + timedelta(seconds=600)
     assert sp.ScheduledPrompt.from_json(r.get(K.prompt(p.id))) == p
     assert r.zscore(K.due, p.id) == to_ms(p.next_run_at)
     assert r.zscore(K.ids, p.id) == 0
@@ -403,7 +410,9 @@ def test_pause_and_resume_cron_computes_next_run_from_now(r: redis.Redis) -> Non
     assert sp.pause_prompt(p.id) == paused
     resumed = sp.resume_prompt(p.id)
     assert resumed.status is sp.Status.ACTIVE and resumed.version == 3
-    assert utcnow() < resumed.next_run_at <= utcnow() + timedelta(minutes=5)
+    # The next */5 minute strictly after the resume (its updated_at), not a missed one.
+    assert resumed.updated_at < resumed.next_run_at <= resumed.updated_at + timedelta(minutes=5)
+    assert resumed.next_run_at.minute % 5 == 0 and resumed.next_run_at.second == 0
     assert pending_at(r, resumed) == to_ms(resumed.next_run_at)
 
 
@@ -445,6 +454,207 @@ def test_update_paused_prompt_stays_paused(r: redis.Redis) -> None:
     assert q.status is sp.Status.PAUSED and q.next_run_at is None
     assert r.zscore(K.due, p.id) is None
     assert sp.resume_prompt(p.id).next_run_at is not None
+
+
+class Calls:
+    """A runner that keeps each payload's idempotency key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        self.keys.append(payload["idempotency_key"])
+
+
+@pytest.fixture
+def calls() -> Iterator[Calls]:
+    runner = Calls()
+    sp.set_bot_runner(runner)
+    yield runner
+    sp.set_bot_runner(None)
+
+
+def deliver_at(prompt_id: str, when: datetime) -> Outcome:
+    """Deliver the occurrence of ``prompt_id`` at ``when`` (as its ETA task would)."""
+    return engine.deliver(
+        get_redis(), context(), Delivery(prompt_id, to_ms(when)), now=when
+    ).outcome
+
+
+def test_update_at_moves_a_prompt_to_that_instant_and_its_old_time_never_fires(
+    r: redis.Redis, calls: Calls
+) -> None:
+    p = once(delay=600)
+    at = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
+    q = sp.update_prompt(p.id, at=at.isoformat())
+    assert (q.kind, q.status, q.schedule_time, q.next_run_at) == (
+        sp.Kind.ONCE,
+        sp.Status.SCHEDULED,
+        at,
+        at,
+    )
+    assert q.version == 2 and r.zscore(K.due, p.id) == to_ms(at)
+    # A naive time is read in the timezone given with it.
+    tokyo = ZoneInfo("Asia/Tokyo")
+    moved = at + timedelta(hours=1)
+    q2 = sp.update_prompt(
+        p.id, at=moved.astimezone(tokyo).replace(tzinfo=None), timezone="Asia/Tokyo"
+    )
+    assert (q2.schedule_time, q2.next_run_at, q2.timezone) == (moved, moved, "Asia/Tokyo")
+    assert pending_at(r, q2) == to_ms(moved)
+    assert p.next_run_at is not None
+    for old in (p.next_run_at, at):  # the ETA tasks of earlier times find nothing to do
+        assert deliver_at(p.id, old) is Outcome.SKIPPED
+    assert calls.keys == []
+    assert deliver_at(p.id, moved) is Outcome.DELIVERED
+    assert calls.keys == [f"{p.id}:{to_ms(moved)}"]
+    assert get_redis().zscore(K.due, p.id) is None
+
+
+def test_update_at_turns_a_cron_prompt_into_a_one_time_prompt_without_its_bounds(
+    r: redis.Redis,
+) -> None:
+    p = cron("0 * * * *", timezone="UTC", max_runs=5, end_at=utcnow() + timedelta(days=9))
+    at = (utcnow() + timedelta(days=1)).replace(microsecond=0)
+    q = sp.update_prompt(p.id, at=at)
+    assert (q.kind, q.status, q.schedule_time, q.next_run_at) == (
+        sp.Kind.ONCE,
+        sp.Status.SCHEDULED,
+        at,
+        at,
+    )
+    assert (q.cron_expression, q.max_runs, q.start_at, q.end_at) == (None, None, None, None)
+    assert r.zscore(K.due, p.id) == to_ms(at)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"at": datetime(2020, 1, 1, tzinfo=UTC)}, "in the past"),
+        ({"at": "next tuesday"}, "ISO-8601"),
+        ({"at": "2999-01-01T00:00:00Z", "delay": 60}, "exactly one of"),
+        ({"max_runs": 3}, "does not take"),
+    ],
+)
+def test_bad_at_or_bounds_on_a_one_time_prompt_are_rejected_and_write_nothing(
+    r: redis.Redis, changes: dict[str, Any], message: str
+) -> None:
+    p = once()
+    state = snapshot(r)
+    with pytest.raises(sp.InvalidSchedule, match=message):
+        sp.update_prompt(p.id, **changes)
+    assert snapshot(r) == state
+
+
+def test_update_bounds_of_a_cron_prompt_move_its_next_run_and_end_it_on_time(
+    r: redis.Redis, calls: Calls
+) -> None:
+    p = cron("0 * * * *", timezone="UTC")
+    start = (utcnow() + timedelta(days=3)).replace(minute=30, second=0, microsecond=0)
+    q = sp.update_prompt(p.id, start_at=start)
+    first = start + timedelta(minutes=30)  # the first whole hour after start_at
+    assert (q.start_at, q.next_run_at, q.version) == (start, first, 2)
+    assert r.zscore(K.due, p.id) == to_ms(first)
+    # An end two and a half hours later leaves two occurrences: first and first + 1 h.
+    q = sp.update_prompt(p.id, end_at=start + timedelta(hours=2, minutes=10))
+    assert q.end_at == start + timedelta(hours=2, minutes=10) and q.next_run_at == first
+    assert q.start_at == start  # bounds not named are kept
+    q = sp.update_prompt(p.id, prompt="new text")
+    assert (q.start_at, q.end_at) == (start, start + timedelta(hours=2, minutes=10))
+    assert deliver_at(p.id, first) is Outcome.DELIVERED
+    second = get_prompt_or_fail(p.id)
+    assert second.next_run_at == first + timedelta(hours=1)
+    assert deliver_at(p.id, first + timedelta(hours=1)) is Outcome.DELIVERED
+    done = get_prompt_or_fail(p.id)
+    assert done.status is sp.Status.EXECUTED and done.next_run_at is None
+    assert calls.keys == [f"{p.id}:{to_ms(first)}", f"{p.id}:{to_ms(first + timedelta(hours=1))}"]
+    assert r.zscore(K.due, p.id) is None and r.zscore(K.finished, p.id) is not None
+
+
+def test_update_max_runs_of_a_cron_prompt_ends_it_after_that_many_runs(
+    r: redis.Redis, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = cron("0 * * * *", timezone="UTC", start_at=utcnow() + timedelta(days=1))
+    assert p.next_run_at is not None
+    first = p.next_run_at
+    assert deliver_at(p.id, first) is Outcome.DELIVERED
+    # The API's clock, a minute after that first run (time is a parameter, not a sleep).
+    monkeypatch.setattr(verbs, "utcnow", lambda: first + timedelta(minutes=1))
+    with pytest.raises(sp.InvalidSchedule, match="greater than the 1 runs already made"):
+        sp.update_prompt(p.id, max_runs=1)
+    q = sp.update_prompt(p.id, max_runs=2)
+    assert q.max_runs == 2 and q.status is sp.Status.ACTIVE
+    assert q.next_run_at == first + timedelta(hours=1)
+    assert deliver_at(p.id, q.next_run_at) is Outcome.DELIVERED
+    done = get_prompt_or_fail(p.id)
+    assert done.status is sp.Status.EXECUTED and done.run_count == 2
+    assert done.next_run_at is None and r.zscore(K.due, p.id) is None
+    assert calls.keys == [f"{p.id}:{to_ms(first)}", f"{p.id}:{to_ms(q.next_run_at)}"]
+
+
+def test_update_end_at_before_the_next_run_is_rejected_and_writes_nothing(r: redis.Redis) -> None:
+    p = cron("0 9 1 1 *", timezone="UTC")  # once a year
+    state = snapshot(r)
+    with pytest.raises(sp.InvalidSchedule, match="never fires between"):
+        sp.update_prompt(p.id, end_at=utcnow() + timedelta(minutes=1))
+    assert snapshot(r) == state
+
+
+def next_local_minute(
+    after: datetime, zone: str, *, minute: int, hour: int | None = None
+) -> datetime:
+    """Brute force: the first whole UTC minute after ``after`` that is ``hour:minute``
+    (any hour when None) on the wall clock of ``zone``."""
+    tz = ZoneInfo(zone)
+    t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for _ in range(3 * 24 * 60):
+        local = t.astimezone(tz)
+        if local.minute == minute and (hour is None or local.hour == hour):
+            return t
+        t += timedelta(minutes=1)
+    raise AssertionError("no such minute within three days")
+
+
+def test_update_timezone_alone_recomputes_a_cron_prompts_next_run_in_the_new_zone(
+    r: redis.Redis, calls: Calls
+) -> None:
+    p = cron("0 9 * * *", timezone="Europe/Berlin")
+    q = sp.update_prompt(p.id, timezone="America/New_York")
+    assert (q.cron_expression, q.timezone, q.version) == ("0 9 * * *", "America/New_York", 2)
+    expected = next_local_minute(q.updated_at, "America/New_York", hour=9, minute=0)
+    assert q.next_run_at == expected != p.next_run_at
+    assert pending_at(r, q) == to_ms(expected)
+    assert p.next_run_at is not None
+    assert deliver_at(p.id, p.next_run_at) is Outcome.SKIPPED  # 09:00 Berlin: gone
+    assert calls.keys == []
+    assert deliver_at(p.id, expected) is Outcome.DELIVERED
+    assert calls.keys == [f"{p.id}:{to_ms(expected)}"]
+
+
+def test_timezone_change_of_a_cron_prompt_already_handed_to_celery_never_fires_the_old_time(
+    r: redis.Redis, calls: Calls
+) -> None:
+    # A minute two to three minutes ahead: within the horizon, so its ETA task is out.
+    minute = (utcnow() + timedelta(minutes=3)).minute
+    p = cron(f"{minute} * * * *", timezone="UTC")
+    assert p.next_run_at is not None
+    old_key = f"{p.id}:{to_ms(p.next_run_at)}"
+    assert r.zscore(K.inflight, old_key) is not None and r.zscore(K.due, p.id) is None
+    # Asia/Kolkata is UTC+05:30: the same wall minute is half an hour off in UTC.
+    q = sp.update_prompt(p.id, timezone="Asia/Kolkata")
+    expected = next_local_minute(q.updated_at, "Asia/Kolkata", minute=minute)
+    assert q.next_run_at == expected and expected.minute == (minute + 30) % 60
+    assert pending_at(r, q) == to_ms(expected)
+    assert deliver_at(p.id, p.next_run_at) is Outcome.SKIPPED  # the old ETA task runs
+    assert r.zscore(K.inflight, old_key) is None
+    assert deliver_at(p.id, expected) is Outcome.DELIVERED
+    assert calls.keys == [f"{p.id}:{to_ms(expected)}"]
+
+
+def get_prompt_or_fail(prompt_id: str) -> sp.ScheduledPrompt:
+    found = sp.get_prompt(prompt_id)
+    assert found is not None
+    return found
 
 
 @pytest.mark.parametrize(
@@ -506,7 +716,7 @@ def test_cleanup_removes_only_old_terminal_prompts(r: redis.Redis) -> None:
     result = json.loads(sp.cleanup_expired_prompts(days_to_keep=30))
     assert result == {
         "success": True,
-        "message": result["message"],
+        "message": "deleted 1 prompt(s) finished more than 30 day(s) ago",
         "days_kept": 30,
         "deleted": 1,
     }
@@ -518,8 +728,11 @@ def test_cleanup_removes_only_old_terminal_prompts(r: redis.Redis) -> None:
 
 def test_cleanup_bad_days_is_an_error_result(r: redis.Redis) -> None:
     state = snapshot(r)
-    assert "error" in json.loads(sp.cleanup_expired_prompts(days_to_keep=-1))
-    assert "error" in json.loads(sp.cleanup_expired_prompts(days_to_keep="7"))  # type: ignore[arg-type]
+    for bad in (-1, "7", 36_501, True):
+        result = json.loads(sp.cleanup_expired_prompts(days_to_keep=bad))  # type: ignore[arg-type]
+        assert result == {
+            "error": f"days_to_keep must be a number of days from 0 to 36500, got {bad!r}"
+        }
     assert snapshot(r) == state
 
 

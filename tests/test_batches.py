@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import scheduled_prompts as sp
-from scheduled_prompts import engine, store, tasks
+from scheduled_prompts import claims, engine, store, tasks
 from scheduled_prompts._time import from_ms, to_ms, utcnow
 from scheduled_prompts.claims import Claimed, Claims
 from scheduled_prompts.connection import context, get_redis
@@ -51,6 +51,45 @@ def use_runner() -> Any:
 
     yield install
     sp.set_bot_runner(None)
+
+
+LEASE = 60.0
+
+
+class LeaseClock:
+    """Time as leases see it, moved by hand: the clock ``claims.py`` reads (renewals are
+    due after half a lease by it) and the TTLs of the lease keys in Redis, both moved
+    forward together by :meth:`elapse`. Runners then "take" seconds without sleeping;
+    the lease is a minute, so that real time (a loaded machine) cannot end one: no lease
+    is ever left with less than 12 s."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def sleep(seconds: float) -> None:  # commit's back-off when Redis is down
+        time.sleep(seconds)
+
+    def elapse(self, seconds: float) -> None:
+        self.now += seconds
+        for key in self.client.scan_iter(match=K.lease("*")):
+            left = int(self.client.pttl(key))
+            if left > seconds * 1000:
+                self.client.pexpire(key, left - int(seconds * 1000))
+            else:
+                self.client.delete(key)  # it ran out
+
+
+@pytest.fixture
+def lease_clock(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> LeaseClock:
+    sp.configure(redis_url=redis_url, lease_seconds=LEASE)
+    clock = LeaseClock(get_redis())
+    monkeypatch.setattr(claims, "time", clock)
+    return clock
 
 
 def due_at(t: datetime, n: int, user: str = "u1") -> list[sp.ScheduledPrompt]:
@@ -179,9 +218,8 @@ def test_mixed_batch_gives_each_occurrence_its_own_outcome(redis_url: str, use_r
 
 
 def test_slow_runners_keep_the_leases_of_what_is_still_to_run(
-    redis_url: str, use_runner: Any
+    lease_clock: LeaseClock, use_runner: Any
 ) -> None:
-    sp.configure(redis_url=redis_url, lease_seconds=1)
     t = later()
     ps = due_at(t, 4)
     client = get_redis()
@@ -190,28 +228,30 @@ def test_slow_runners_keep_the_leases_of_what_is_still_to_run(
     def slow(payload: dict[str, Any]) -> None:
         # The lease of the last occurrence, as later ones wait their turn.
         seen.append(int(client.pttl(K.lease(ps[-1].id))))
-        time.sleep(0.4)
+        lease_clock.elapse(0.4 * LEASE)  # each call takes 0.4 of a lease
 
     runner = use_runner(Recorder(hook=slow))
     results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
     assert [r.outcome for r in results] == [Outcome.DELIVERED] * 4
     assert len(runner.calls) == 4
-    # 1.2 s after the claim the last one's 1 s lease is still held (renewed at 0.8 s).
-    assert all(ms > 0 for ms in seen[:3]), seen
+    # 1.2 leases after the claim the last one's lease is still held: renewed before the
+    # third call (0.8 of a lease had passed). Unrenewed it would have run out at 1.0.
+    assert all(ms > 0 for ms in seen), seen
+    assert seen[2] > seen[1], "the third call found the lease renewed"
 
 
 def test_an_occurrence_whose_lease_ran_out_is_not_delivered(
-    redis_url: str, use_runner: Any
+    lease_clock: LeaseClock, use_runner: Any
 ) -> None:
-    sp.configure(redis_url=redis_url, lease_seconds=0.4)
     t = later()
     first, second = due_at(t, 2)
     client = get_redis()
 
     def steal(payload: dict[str, Any]) -> None:
-        # Another deliverer took the second prompt's lease after ours ran out.
-        client.set(K.lease(second.id), "thief", px=30_000)
-        time.sleep(0.3)
+        # Another deliverer took the second prompt's lease (as after ours ran out), and
+        # the call takes past half a lease: a renewal comes before the second call.
+        client.set(K.lease(second.id), "thief", px=int(2 * LEASE * 1000))
+        lease_clock.elapse(0.6 * LEASE)
 
     runner = use_runner(Recorder(hook=steal))
     results = engine.deliver_many(client, context(), [of(first), of(second)], now=t)
@@ -223,19 +263,18 @@ def test_an_occurrence_whose_lease_ran_out_is_not_delivered(
 
 
 def test_a_lease_lost_at_a_renewal_is_remembered_until_that_occurrence_comes_up(
-    redis_url: str, use_runner: Any
+    lease_clock: LeaseClock, use_runner: Any
 ) -> None:
     """One renewal finds the third lease taken; it is not delivered, even though no
     second renewal falls due before its turn."""
-    sp.configure(redis_url=redis_url, lease_seconds=0.4)
     t = later()
     first, second, third = due_at(t, 3)
     client = get_redis()
 
     def runner_hook(payload: dict[str, Any]) -> None:
         if payload["prompt_id"] == first.id:
-            client.set(K.lease(third.id), "thief", px=30_000)
-            time.sleep(0.25)  # past half the lease: renewal before the second call
+            client.set(K.lease(third.id), "thief", px=int(2 * LEASE * 1000))
+            lease_clock.elapse(0.6 * LEASE)  # past half the lease: renewal before the second call
 
     runner = use_runner(Recorder(hook=runner_hook))
     results = engine.deliver_many(client, context(), [of(first), of(second), of(third)], now=t)

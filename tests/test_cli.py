@@ -304,22 +304,34 @@ def test_console_script_add_json_succeeds(redis_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "fires"),
     [
-        ["preview", "0 0 * * *", "--start", "9999-12-31T23:00"],
-        ["preview", "0 0 * * *", "--start", "9999-12-30T00:00", "--count", "5"],
-        ["preview", "0 0 * * *", "--start", "0001-01-01T00:00", "--tz", "America/New_York"],
+        # Nothing fires after the last midnight there is: an empty preview.
+        (["preview", "0 0 * * *", "--start", "9999-12-31T23:00"], []),
+        # Five asked for, one left before the calendar ends.
+        (
+            ["preview", "0 0 * * *", "--start", "9999-12-30T00:00", "--count", "5"],
+            ["9999-12-31T00:00:00+00:00"],
+        ),
+        # Year one, New York: local mean time (-04:56:02), the days after the start.
+        (
+            ["preview", "0 0 * * *", "--start", "0001-01-01T00:00", "--tz", "America/New_York",
+             "--count", "3"],
+            ["0001-01-02T04:56:02+00:00", "0001-01-03T04:56:02+00:00", "0001-01-04T04:56:02+00:00"],
+        ),
     ],
     ids=["after-last-fire", "runs-off-the-end", "year-one-new-york"],
-)
-def test_preview_at_the_edges_of_the_calendar_never_shows_a_traceback(
-    capsys: pytest.CaptureFixture[str], args: list[str]
+)  # fmt: skip
+def test_preview_at_the_edges_of_the_calendar_lists_the_fires_that_exist(
+    capsys: pytest.CaptureFixture[str], args: list[str], fires: list[str]
 ) -> None:
-    # Either the fires that exist (exit 0) or one line (exit 2): never OverflowError.
-    code, out, err = run_main(capsys, *args)
-    assert code in (0, 2), (code, out, err)
-    if code == 2:
-        assert_one_error_line(code, out, err)
+    # The fires that exist, exit 0 — never OverflowError, never a traceback.
+    code, out, err = run_main(capsys, *args, "--json")
+    assert (code, err) == (0, ""), (code, out, err)
+    assert [f["utc"] for f in json.loads(out)["fires"]] == fires
+    code, out, err = run_main(capsys, *args)  # the table too
+    assert (code, err) == (0, ""), (code, out, err)
+    assert len(out.splitlines()) == 1 + len(fires)  # a header, then one row per fire
 
 
 def test_cron_starting_after_the_last_representable_day_is_one_line_and_writes_nothing(

@@ -340,9 +340,11 @@ def test_to_json_leaves_out_none_and_default_fields_and_stores_epoch_ms() -> Non
     assert "last_error" not in data
     assert None not in data.values()
     assert data["schedule_time"] == 1772953200000  # 2026-03-08T07:00:00Z in epoch ms
-    for name, default in STORED_DEFAULTS.items():
-        if getattr(prompt, name) == default:
-            assert name not in data
+    at_default = {
+        name for name, default in STORED_DEFAULTS.items() if getattr(prompt, name) == default
+    }
+    assert at_default == {"run_count", "failure_count", "trigger_count", "version"}
+    assert not at_default & set(data)
     assert ScheduledPrompt.from_json(prompt.to_json()) == prompt
 
 

@@ -11,7 +11,7 @@ import scheduled_prompts as sp
 from scheduled_prompts.celery_app import app
 from tests.e2e.cluster import Cluster
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 def test_worker_emits_task_events_by_name_without_prompt_text(cluster: Cluster) -> None:
@@ -28,7 +28,7 @@ def test_worker_emits_task_events_by_name_without_prompt_text(cluster: Cluster) 
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    assert ready.wait(10)
+    assert ready.wait(30)
     cluster.worker()
     cluster.beat()
     secret = "the secret prompt text"
@@ -39,12 +39,12 @@ def test_worker_emits_task_events_by_name_without_prompt_text(cluster: Cluster) 
             e.get("type") == "task-succeeded" and e.get("uuid") in _deliver_ids(events)
             for e in events
         ),
-        timeout=20,
+        timeout=60,
         what="a task-succeeded event for deliver",
     )
     cluster.wait_until(
         lambda: "scheduled_prompts.tick" in {e.get("name") for e in events},
-        timeout=70,
+        timeout=120,
         what="a tick task event",
     )
     receivers[0].should_stop = True  # the next event (worker heartbeats: 2 s) ends capture
