@@ -412,6 +412,48 @@ def test_deliver_batch_task_delivers_and_hands_failures_to_their_own_retry(
     assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in ps)  # type: ignore[union-attr]
 
 
+def test_a_stopping_worker_commits_what_ran_and_hands_back_the_rest(
+    redis_url: str, use_runner: Any
+) -> None:
+    t = later()
+    ps = due_at(t, 5)
+    stop = threading.Event()
+    runner = use_runner(Recorder(hook=lambda payload: stop.set()))  # stop during call 1
+    client = get_redis()
+    results = engine.deliver_many(
+        client, context(), [of(p) for p in ps], now=t, stopping=stop.is_set
+    )
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] + [Outcome.DEFERRED] * 4
+    assert [c["prompt_id"] for c in runner.calls] == [ps[0].id]
+    # The rest: still in flight, no lease held, so their next task claims them at once.
+    inflight = set(client.zrange(K.inflight, 0, -1))
+    assert of(ps[0]).key not in inflight
+    assert {of(p).key for p in ps[1:]} <= inflight
+    assert [client.exists(K.lease(p.id)) for p in ps[1:]] == [0] * 4
+    stop.clear()
+    later_results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    assert [r.outcome for r in later_results] == [Outcome.SKIPPED] + [Outcome.DELIVERED] * 4
+    keys = [c["idempotency_key"] for c in runner.calls]
+    assert sorted(keys) == sorted(of(p).key for p in ps)  # each once
+
+
+def test_deliver_batch_sends_what_it_handed_back_as_deliver_tasks(
+    broker: redis.Redis, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = later(1)
+    ps = due_at(t, 3)
+    stop = threading.Event()
+    use_runner(Recorder(hook=lambda payload: stop.set()))
+    monkeypatch.setattr(tasks, "stopping", stop.is_set)
+    broker.delete("test-batches")  # what scheduling them published
+    counts = tasks.deliver_batch.apply(args=([[p.id, to_ms(t)] for p in ps],)).get()
+    assert counts == {"delivered": 1, "deferred": 2}
+    sent = queued(broker, "test-batches")
+    assert sorted(m["args"][0] for m in sent) == sorted(p.id for p in ps[1:])
+    assert {m["task"] for m in sent} == {tasks.DELIVER}
+    assert all(m["kwargs"] == {} for m in sent)  # first attempts, as before
+
+
 def test_concurrent_batches_of_the_same_occurrences_deliver_each_once(
     redis_url: str, use_runner: Any
 ) -> None:
