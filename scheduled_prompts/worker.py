@@ -110,12 +110,11 @@ class RestoreStranded(bootsteps.StartStopStep):  # type: ignore[misc]
         if not tags:
             return
         qos = c.connection.default_channel.qos
-        restored = 0
-        while tags:
+        count = len(tags)
+        while tags:  # a tag leaves the list once put back: a new loss keeps the rest
             qos.restore_by_tag(tags[0])  # a tag already put back is a no-op
             tags.pop(0)
-            restored += 1
-        log.warning("put back %d message(s) held by the lost broker connection", restored)
+        log.warning("put back %d message(s) held by the lost broker connection", count)
 
 
 class Pulse(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -134,8 +133,9 @@ class Pulse(bootsteps.StartStopStep):  # type: ignore[misc]
         settings = get_settings()
         self.interval = settings.pulse_seconds
         self.directory = pulse_dir(settings)
+        self.worker = c.hostname
         self.queue_name = f"{settings.queue}.pulse.{c.hostname}"
-        self.started_at: float | None = None
+        self.started_at = 0.0  # set when the consumer first connects
         self.channel: Any = None
         self.timer_entry: Any = None
         super().__init__(c, **kwargs)
@@ -144,43 +144,38 @@ class Pulse(bootsteps.StartStopStep):  # type: ignore[misc]
         return self.interval > 0
 
     def start(self, c: Consumer) -> None:
-        # kombu's constructors are untyped: built through Any-typed names.
-        exchange_type: Any = Exchange
-        queue_type: Any = Queue
-        exchange = exchange_type(self.queue_name, type="direct", durable=False, auto_delete=True)
-        queue = queue_type(
-            self.queue_name, exchange, self.queue_name, durable=False, auto_delete=True
-        )
+        name, options = self.queue_name, {"durable": False, "auto_delete": True}
+        exchange = Exchange(name, "direct", **options)  # type: ignore[no-untyped-call]
+        queue = Queue(name, exchange, name, **options)  # type: ignore[no-untyped-call]
         self.channel = c.connection.channel()
-        consumer_type: Any = MessageConsumer
-        consumer = consumer_type(
+        consumer = MessageConsumer(  # type: ignore[no-untyped-call]
             self.channel, [queue], callbacks=[self._taken], accept=["json"], no_ack=True
         )
-        consumer.consume()
-        producer_type: Any = Producer
-        producer = producer_type(self.channel, exchange, routing_key=self.queue_name)
+        consumer.consume()  # type: ignore[no-untyped-call]
+        producer = Producer(  # type: ignore[no-untyped-call]
+            self.channel, exchange, routing_key=name, serializer="json"
+        )
         self.started_at = self.started_at or time.time()
-        self._write(c, None)
+        self._write(None)
 
         def send() -> None:
             try:
-                producer.publish({"sent_at": time.time()}, serializer="json", retry=False)
+                sent = {"sent_at": time.time()}
+                producer.publish(sent, retry=False)  # type: ignore[no-untyped-call]
             except Exception as exc:  # the consumer notices a lost broker on its own
                 log.debug("pulse not sent: %r", exc)
 
         send()
         self.timer_entry = c.timer.call_repeatedly(self.interval, send)
-        self._consumer = c
 
     def _taken(self, body: Any, message: Any) -> None:
-        self._write(self._consumer, time.time())
+        self._write(time.time())
 
-    def _write(self, c: Consumer, taken_at: float | None) -> None:
-        assert self.started_at is not None
+    def _write(self, taken_at: float | None) -> None:
         try:
             pulse.record(
                 self.directory,
-                pulse.Pulse(c.hostname, os.getpid(), self.interval, self.started_at, taken_at),
+                pulse.Pulse(self.worker, os.getpid(), self.interval, self.started_at, taken_at),
             )
         except OSError as exc:
             log.warning("cannot write the pulse file in %s: %s", self.directory, exc)
@@ -198,4 +193,4 @@ class Pulse(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def shutdown(self, c: Consumer) -> None:
         self.stop(c)
-        pulse.forget(self.directory, c.hostname, os.getpid())
+        pulse.forget(self.directory, self.worker, os.getpid())

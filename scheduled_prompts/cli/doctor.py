@@ -115,18 +115,30 @@ def _probe(kind: str, settings: Settings, missed: int) -> None:
     sys.exit(0)
 
 
-def _store_problem(settings: Settings) -> str | None:
-    client = redis.Redis.from_url(
+def _client(settings: Settings, timeout: float) -> redis.Redis:
+    """A client of its own for the checks, with short timeouts: a check must answer."""
+    return redis.Redis.from_url(
         settings.redis_url,
-        **client_kwargs(settings) | {"socket_timeout": 1, "socket_connect_timeout": 1},
+        **client_kwargs(settings) | {"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )
+
+
+def _unreachable(settings: Settings, client: redis.Redis) -> str | None:
+    """None when ``client`` answers PING; else what went wrong, the URL masked."""
     try:
         client.ping()
     except RedisError as exc:
-        return f"Redis unreachable at {mask_url(settings.redis_url)}: {exc}"
+        return f"unreachable at {mask_url(settings.redis_url)}: {exc}"
+    return None
+
+
+def _store_problem(settings: Settings) -> str | None:
+    client = _client(settings, 1)
+    try:
+        problem = _unreachable(settings, client)
     finally:
         client.close()
-    return None
+    return None if problem is None else f"Redis {problem}"
 
 
 @cli.command()
@@ -150,19 +162,10 @@ def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     settings = get_settings()
     if probe is not None:
         _probe(probe, settings, missed)
-    url = mask_url(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        **client_kwargs(settings) | {"socket_timeout": 2, "socket_connect_timeout": 2},
-    )
-    checks: list[Check] = []
-    try:
-        client.ping()
-        checks.append(Check("redis", True, f"reachable at {url}"))
-        reachable = True
-    except RedisError as exc:
-        checks.append(Check("redis", False, f"unreachable at {url}: {exc}"))
-        reachable = False
+    client = _client(settings, 2)
+    problem = _unreachable(settings, client)
+    reachable = problem is None
+    checks = [Check("redis", reachable, problem or f"reachable at {mask_url(settings.redis_url)}")]
     steps: list[Callable[[], list[Check]]] = [
         lambda: _redis_checks(settings, client) if reachable else [],
         lambda: [_visibility(settings)],
