@@ -161,7 +161,19 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "scheduled_prompts", *args]
 
 
-@cli.command()
+@cli.command(
+    help=f"""Run worker and beat in the foreground (Ctrl-C stops them).
+
+    \b
+    SIGINT, SIGTERM, SIGHUP or SIGQUIT stops everything: worker, beat and Flower get
+    SIGTERM (a warm shutdown: runner calls in progress finish), then SIGKILL
+    {STOP_GRACE_SECONDS:g} s later if still running; the embedded Redis goes last
+    (SIGTERM, SIGKILL after {REDIS_GRACE_SECONDS:g} s).
+    A second SIGINT, SIGTERM or SIGQUIT while stopping kills them at once.
+    On Linux, when up dies (even by kill -9), the kernel sends the worker SIGKILL and
+    beat, Flower and Redis SIGTERM.
+    """
+)
 @click.option(
     "--runner",
     metavar="PKG.MOD:ATTR",
@@ -192,16 +204,7 @@ def up(
     loglevel: str,
     data_dir: Path,
 ) -> None:
-    """Run worker and beat in the foreground (Ctrl-C stops them).
-
-    \b
-    SIGINT, SIGTERM, SIGHUP or SIGQUIT stops everything: worker, beat and Flower get
-    SIGTERM (a warm shutdown: runner calls in progress finish), then SIGKILL 30 s later
-    if still running; the embedded Redis goes last (SIGTERM, SIGKILL after 10 s).
-    A second SIGINT, SIGTERM or SIGQUIT while stopping kills them at once.
-    On Linux, when up dies (even by kill -9), the kernel sends the worker SIGKILL and
-    beat, Flower and Redis SIGTERM.
-    """
+    """Run worker and beat in the foreground; the help text says how it stops."""
     settings = get_settings()
     url = settings.redis_url
     if flower:
