@@ -84,6 +84,13 @@ def retries(redis_url: str) -> Iterator[Retries]:
         sp.configure()
 
 
+def one_time() -> tuple[sp.ScheduledPrompt, int]:
+    """A one-time prompt due in ten minutes, and its occurrence (ms)."""
+    p = sp.schedule_prompt("call Ana", user_id="u1", platform="tg", delay=600)
+    assert p.next_run_at is not None
+    return p, to_ms(p.next_run_at)
+
+
 def get(prompt: sp.ScheduledPrompt) -> sp.ScheduledPrompt:
     found = sp.get_prompt(prompt.id)
     assert found is not None
@@ -94,9 +101,7 @@ def test_failing_runner_is_retried_with_growing_attempt_and_backoff_and_the_same
     redis_url: str, retries: Retries
 ) -> None:
     sp.configure(redis_url=redis_url, queue="test-tasks", max_retries=5)
-    p = sp.schedule_prompt("call Ana", user_id="u1", platform="tg", delay=600)
-    assert p.next_run_at is not None
-    ms = to_ms(p.next_run_at)
+    p, ms = one_time()
     runner = Flaky(failures=2)
     sp.set_bot_runner(runner)
     assert tasks.deliver.apply(args=(p.id, ms)).get() == "delivered"
@@ -149,9 +154,7 @@ def test_runner_failing_past_max_retries_gives_up_and_records_the_failure(
     redis_url: str, retries: Retries
 ) -> None:
     sp.configure(redis_url=redis_url, queue="test-tasks", max_retries=2)
-    p = sp.schedule_prompt("call Ana", user_id="u1", platform="tg", delay=600)
-    assert p.next_run_at is not None
-    ms = to_ms(p.next_run_at)
+    p, ms = one_time()
     runner = Flaky(failures=99)
     sp.set_bot_runner(runner)
     assert tasks.deliver.apply(args=(p.id, ms)).get() == "failed"
@@ -171,9 +174,7 @@ def test_runner_failing_past_max_retries_gives_up_and_records_the_failure(
 def test_busy_occurrence_is_retried_as_the_same_attempt_once_the_lease_is_free(
     redis_url: str, retries: Retries
 ) -> None:
-    p = sp.schedule_prompt("call Ana", user_id="u1", platform="tg", delay=600)
-    assert p.next_run_at is not None
-    ms = to_ms(p.next_run_at)
+    p, ms = one_time()
     r = get_redis()
     r.set(K.lease(p.id), "another-worker", px=60_000)  # a delivery of this prompt is running
 
@@ -197,9 +198,7 @@ def test_busy_occurrence_is_retried_as_the_same_attempt_once_the_lease_is_free(
 def test_store_unreachable_is_retried_after_five_seconds_and_loses_nothing(
     redis_url: str, retries: Retries
 ) -> None:
-    p = sp.schedule_prompt("call Ana", user_id="u1", platform="tg", delay=600)
-    assert p.next_run_at is not None
-    ms = to_ms(p.next_run_at)
+    p, ms = one_time()
     sp.configure(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", queue="test-tasks", redis_timeout_seconds=1
     )

@@ -210,6 +210,19 @@ class Deployment:
         sp.configure()
 
 
+def restart_keeps(deployment: Deployment, far: sp.ScheduledPrompt) -> Up:
+    """A second `up` on the same data folder; ``far`` (not yet due) is still scheduled."""
+    again = deployment.up()
+    again.wait_for(" ready.")
+    assert "started an embedded redis-server" in again.text()
+    deployment.use()  # drop connections to the first embedded server
+    kept = sp.get_prompt(far.id)
+    assert kept is not None
+    assert kept.status is sp.Status.SCHEDULED
+    assert kept.next_run_at == far.next_run_at
+    return again
+
+
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     d = Deployment(tmp_path)
@@ -242,14 +255,7 @@ def test_up_embeds_redis_delivers_stops_cleanly_and_keeps_prompts(
     assert not embedded.answers(deployment.url, 0.5)
     assert (tmp_path / ".scheduled-prompts" / "appendonlydir").is_dir()
 
-    again = deployment.up()
-    again.wait_for(" ready.")
-    assert "started an embedded redis-server" in again.text()
-    deployment.use()  # drop connections to the first embedded server
-    kept = sp.get_prompt(far.id)
-    assert kept is not None
-    assert kept.status is sp.Status.SCHEDULED
-    assert kept.next_run_at == far.next_run_at
+    again = restart_keeps(deployment, far)
     done = sp.get_prompt(soon.id)
     assert done is not None and done.status is sp.Status.EXECUTED
     assert again.interrupt() == 0, again.text()[-3000:]
@@ -435,13 +441,7 @@ def test_up_killed_with_sigkill_mid_delivery_leaves_nothing_and_loses_nothing(
     print(f"SIGKILL: every process up started gone {took:.2f}s after up died")
     assert deployment.wait_no_leftovers() == {}
 
-    again = deployment.up()
-    again.wait_for(" ready.")
-    assert "started an embedded redis-server" in again.text()
-    deployment.use()  # drop connections to the first embedded server
-    kept = sp.get_prompt(far.id)
-    assert kept is not None
-    assert kept.status is sp.Status.SCHEDULED
+    again = restart_keeps(deployment, far)
     deadline = time.monotonic() + 60  # the cut call is delivered again, in full
     while not [r for r in read_records(str(records)) if r["event"] == "end"]:
         assert time.monotonic() < deadline, again.text()[-3000:]
