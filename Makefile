@@ -22,8 +22,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/scheduled-prompts up
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of the suite waits on real
+# worker, beat and redis-server processes, so four share two cores well.
+# `make test TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Benchmarks against the peers (celery-redbeat, the full-scan design, plain ETA tasks):
 # one table each, JSON under bench/results/. `make bench ARGS=--quick` for small sizes,

@@ -177,6 +177,7 @@ def _rabbitmq_answers() -> bool:
 
 
 @pytest.mark.skipif(not _rabbitmq_answers(), reason="no RabbitMQ answers on 127.0.0.1:5672")
+@pytest.mark.xdist_group("rabbitmq")  # never beside the fault scenario that stops it
 def test_rabbitmq_broker_delivers(tmp_path: Path) -> None:
     from kombu import Connection
 

@@ -25,15 +25,16 @@ pytestmark = pytest.mark.timeout(300)
 ALL = os.environ.get("SP_FAULTS") == "1"
 
 
+def _marks(s: Scenario) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.skipif(s.slow and not ALL, reason="slow: set SP_FAULTS=1")]
+    if s.name.startswith("rabbitmq"):
+        # The machine's RabbitMQ is shared: its stop must not hit another test using it.
+        marks.append(pytest.mark.xdist_group("rabbitmq"))
+    return marks
+
+
 def _params() -> list[Any]:
-    return [
-        pytest.param(
-            s,
-            id=s.name,
-            marks=pytest.mark.skipif(s.slow and not ALL, reason="slow: set SP_FAULTS=1"),
-        )
-        for s in SCENARIOS
-    ]
+    return [pytest.param(s, id=s.name, marks=_marks(s)) for s in SCENARIOS]
 
 
 @pytest.mark.parametrize("scenario", _params())
