@@ -16,7 +16,6 @@ from .api import (
     trigger_prompt,
     update_prompt,
 )
-from .core import PromptPage
 from .errors import (
     ConflictingPrompt,
     DeliveryError,
@@ -32,6 +31,7 @@ from .models import Kind, ScheduledPrompt, Status
 from .runners import LogRunner, WebhookRunner, set_bot_runner, verify_signature
 from .schedules import preview_schedule
 from .settings import Settings, configure, get_settings
+from .verbs import PromptPage
 
 __version__ = "0.1.0"
 

@@ -1,25 +1,29 @@
 """The public API as coroutines, for bots that live in an event loop.
 
-Same verbs, same semantics, same errors as :mod:`scheduled_prompts.api` — the very same
-plans (``verbs.py``), driven by ``redis.asyncio``. Publishing Celery messages for
-prompts due soon happens in a thread, so it never blocks the loop.
+Same functions, same semantics, same errors as :mod:`scheduled_prompts.api` — the very
+same plans, driven by ``redis.asyncio``. Occurrences due soon are handed to Celery in a
+thread, so publishing never blocks the loop. Code written against the seed module
+switches by changing one import: ``tick_scheduled_prompts(redis)``,
+``hydrate_scheduled_prompts(redis, active_platforms, limit=500)`` and
+``cleanup_expired_prompts(redis, *, days_to_keep=30)`` take an asyncio client first.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import RedisError
 
-from . import core, verbs
+from . import api, engine, hydration, plans, retention
 from ._time import utcnow
-from .connection import client_kwargs, context, unavailable
-from .core import Plan
+from .api import Verb, present, publish
+from .connection import client_kwargs, context
 from .errors import PromptError, StoreUnavailable
+from .plans import Plan
 from .settings import get_settings, mask_url
 
 P = ParamSpec("P")
@@ -41,57 +45,67 @@ async def arun(plan: Plan[T], client: AsyncRedis | None = None) -> T:
     Without ``client``, one is opened for the call and closed after it: asyncio clients
     belong to the loop that opened them, and a cached one would outlive ``asyncio.run``.
     """
-    if client is None:
-        own = new_async_redis()
-        try:
-            return await _drive(plan, own)
-        finally:
-            await own.aclose()
-    return await _drive(plan, client)
-
-
-async def _drive(plan: Plan[T], client: AsyncRedis) -> T:
+    if client is not None:
+        return await plans.arun(plan, client, publish)
+    own = new_async_redis()
     try:
-        op = next(plan)
-        while True:
-            try:
-                result = await op.arun(client)
-            except RedisError as exc:
-                raise unavailable(exc) from exc
-            op = plan.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return await plans.arun(plan, own, publish)
+    finally:
+        await own.aclose()
 
 
-def _async(factory: Callable[P, Plan[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(factory)
-    async def verb(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await arun(factory(*args, **kwargs))
+def _async(verb: Verb[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(verb.plan)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await arun(verb.plan(*args, **kwargs))
 
-    verbs.present(verb, factory)
-    return verb
+    present(call, verb.plan)
+    return call
 
 
-schedule_prompt = _async(verbs.schedule_prompt)
-schedule_many = _async(verbs.schedule_many)
-get_prompt = _async(verbs.get_prompt)
-list_prompts = _async(verbs.list_prompts)
-cancel_prompt = _async(verbs.cancel_prompt)
-pause_prompt = _async(verbs.pause_prompt)
-resume_prompt = _async(verbs.resume_prompt)
-update_prompt = _async(verbs.update_prompt)
-trigger_prompt = _async(verbs.trigger_prompt)
+schedule_prompt = _async(api.schedule_prompt)
+schedule_many = _async(api.schedule_many)
+get_prompt = _async(api.get_prompt)
+list_prompts = _async(api.list_prompts)
+cancel_prompt = _async(api.cancel_prompt)
+pause_prompt = _async(api.pause_prompt)
+resume_prompt = _async(api.resume_prompt)
+update_prompt = _async(api.update_prompt)
+trigger_prompt = _async(api.trigger_prompt)
 
 
 async def cleanup_expired_prompts(
     redis: AsyncRedis | None = None, *, days_to_keep: float = 30
 ) -> str:
-    """Coroutine form of :func:`scheduled_prompts.cleanup_expired_prompts` (JSON result)."""
+    """Delete executed, cancelled and failed prompts older than ``days_to_keep`` days.
+
+    Returns JSON: ``{"success": true, "message", "days_kept", "deleted"}`` or
+    ``{"error": …}``. Live prompts and unreadable records are left alone.
+    """
     try:
-        result = await arun(core.cleanup(context(), days_to_keep, utcnow()), redis)
-    except PromptError as exc:
-        result = {"error": str(exc)}
-    return json.dumps(result)
+        return await arun(retention.report(context(), days_to_keep, utcnow()), redis)
+    except PromptError as exc:  # the store is unreachable
+        return json.dumps({"error": str(exc)})
+
+
+async def tick_scheduled_prompts(
+    redis: AsyncRedis | None = None, *, now: datetime | None = None
+) -> dict[str, int]:
+    """Run one tick (what beat's ``scheduled_prompts.tick`` does).
+
+    Returns ``{"promoted": n, "redriven": m}``.
+    """
+    return await arun(engine.tick_plan(context(), now or utcnow()), redis)
+
+
+async def hydrate_scheduled_prompts(
+    redis: AsyncRedis | None = None,
+    active_platforms: Iterable[str] | None = None,
+    limit: int = 500,
+) -> int:
+    """Hand surviving occurrences to Celery again; returns how many were published."""
+    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    return await arun(plan, redis)
 
 
 __all__ = [
@@ -99,12 +113,14 @@ __all__ = [
     "cancel_prompt",
     "cleanup_expired_prompts",
     "get_prompt",
+    "hydrate_scheduled_prompts",
     "list_prompts",
     "new_async_redis",
     "pause_prompt",
     "resume_prompt",
     "schedule_many",
     "schedule_prompt",
+    "tick_scheduled_prompts",
     "trigger_prompt",
     "update_prompt",
 ]

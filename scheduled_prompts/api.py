@@ -1,49 +1,192 @@
-"""The synchronous public API. ``scheduled_prompts.aio`` mirrors it for asyncio.
+"""The synchronous public API. ``scheduled_prompts.aio`` offers the same as coroutines.
 
 Each verb validates its input completely before writing; a rejected call writes nothing.
 Mutating verbs take ``user_id=`` to enforce ownership: another user's prompt is reported
 as not found.
+
+Every function here builds a plan (``verbs.py``, ``hydration.py``, ``retention.py``,
+``engine.py``) and drives it on the shared ``redis.Redis``; the verbs keep their plan
+factory as ``.plan``, which ``aio.py`` drives on ``redis.asyncio`` instead.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from redis import Redis
-from redis.exceptions import RedisError
 
-from . import core, engine, maintenance, verbs
+from . import engine, hydration, plans, retention, verbs
 from ._time import utcnow
-from .connection import context, get_redis, run, unavailable
-from .core import Plan
+from .connection import context, get_redis
 from .errors import PromptError
+from .models import ScheduledPrompt, Status
+from .occurrences import Delivery
+from .plans import Plan
+from .verbs import PromptPage
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _sync(factory: Callable[P, Plan[T]]) -> Callable[P, T]:
-    @functools.wraps(factory)
-    def verb(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run(factory(*args, **kwargs))
+def publish(deliveries: Sequence[Delivery]) -> None:
+    """Send occurrences to the ``deliver`` tasks through the Celery adapter (imported on
+    first use, so that importing the API does not load Celery)."""
+    from .tasks import publish as send  # noqa: PLC0415
 
-    verbs.present(verb, factory)
-    return verb
+    send(deliveries)
 
 
-schedule_prompt = _sync(verbs.schedule_prompt)
-schedule_many = _sync(verbs.schedule_many)
-get_prompt = _sync(verbs.get_prompt)
-list_prompts = _sync(verbs.list_prompts)
-cancel_prompt = _sync(verbs.cancel_prompt)
-pause_prompt = _sync(verbs.pause_prompt)
-resume_prompt = _sync(verbs.resume_prompt)
-update_prompt = _sync(verbs.update_prompt)
-trigger_prompt = _sync(verbs.trigger_prompt)
+def run(plan: Plan[T], redis: Redis | None = None) -> T:
+    """Drive ``plan`` on ``redis`` (default: the shared client for the configured URL)."""
+    return plans.run(plan, redis or get_redis(), publish)
+
+
+class Verb(Protocol[P, T]):
+    """A public verb: calling it runs its plan; ``.plan`` only builds the plan."""
+
+    plan: Callable[P, Plan[T]]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+
+def verb(plan: Callable[P, Plan[T]]) -> Verb[P, T]:
+    """The public function that runs ``plan``'s plans, shown with its parameters and
+    docs (not its ``Plan`` return type)."""
+
+    @functools.wraps(plan)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run(plan(*args, **kwargs))
+
+    present(call, plan)
+    call.plan = plan  # type: ignore[attr-defined]
+    return cast(Verb[P, T], call)
+
+
+def present(call: Callable[..., object], plan: Callable[..., object]) -> None:
+    """Give ``call`` the signature of ``plan`` without its ``Plan`` return type."""
+    call.__signature__ = inspect.signature(plan).replace(  # type: ignore[attr-defined]
+        return_annotation=inspect.Signature.empty
+    )
+
+
+@verb
+def schedule_prompt(
+    prompt: str,
+    *,
+    user_id: str,
+    platform: str,
+    channel_id: str | None = None,
+    at: datetime | str | None = None,
+    delay: float | timedelta | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    start_at: datetime | str | None = None,
+    end_at: datetime | str | None = None,
+    max_runs: int | None = None,
+    misfire_grace_seconds: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    prompt_id: str | None = None,
+) -> Plan[ScheduledPrompt]:
+    """Store a prompt to fire once (``at=`` or ``delay=``) or on a ``cron=`` schedule.
+
+    ``prompt_id`` makes the call idempotent: repeating it with the same arguments returns
+    the stored prompt unchanged; different arguments raise ``ConflictingPrompt``.
+    """
+    spec = {
+        "prompt": prompt,
+        "user_id": user_id,
+        "platform": platform,
+        "channel_id": channel_id,
+        "at": at,
+        "delay": delay,
+        "cron": cron,
+        "timezone": timezone,
+        "start_at": start_at,
+        "end_at": end_at,
+        "max_runs": max_runs,
+        "misfire_grace_seconds": misfire_grace_seconds,
+        "metadata": metadata,
+        "prompt_id": prompt_id,
+    }
+    return verbs.create(context(), spec, utcnow())
+
+
+@verb
+def schedule_many(specs: Iterable[Mapping[str, Any]]) -> Plan[list[ScheduledPrompt]]:
+    """Store many prompts: each spec holds ``schedule_prompt``'s arguments as a dict.
+
+    Every spec is validated before anything is written (one bad spec rejects the call,
+    naming its index); the writes are pipelined in batches.
+    """
+    return verbs.create_many(context(), list(specs), utcnow())
+
+
+@verb
+def get_prompt(prompt_id: str) -> Plan[ScheduledPrompt | None]:
+    """The prompt with this id, or None."""
+    return verbs.get(context(), prompt_id)
+
+
+@verb
+def list_prompts(
+    *,
+    user_id: str | None = None,
+    platform: str | None = None,
+    status: Status | str | Iterable[Status | str] | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Plan[PromptPage]:
+    """A page of prompts, oldest first; pass ``next_cursor`` back for the next page.
+
+    With ``user_id`` the cost is proportional to that user's prompts only.
+    """
+    return verbs.list_page(
+        context(), user_id=user_id, platform=platform, status=status, limit=limit, cursor=cursor
+    )
+
+
+@verb
+def cancel_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
+    """Cancel a live or paused prompt; a pending delivery will not happen."""
+    return verbs.cancel(context(), prompt_id, user_id, utcnow())
+
+
+@verb
+def pause_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
+    """Stop a prompt from firing until :func:`resume_prompt`."""
+    return verbs.pause(context(), prompt_id, user_id, utcnow())
+
+
+@verb
+def resume_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
+    """Resume a paused prompt; its next run is computed from now (no burst of misses)."""
+    return verbs.resume(context(), prompt_id, user_id, utcnow())
+
+
+@verb
+def update_prompt(
+    prompt_id: str, *, user_id: str | None = None, **changes: Any
+) -> Plan[ScheduledPrompt]:
+    """Change a live or paused prompt in place (text, schedule, bounds, metadata…).
+
+    A rescheduled prompt's old occurrence never fires.
+    """
+    return verbs.update(context(), prompt_id, user_id, changes, utcnow())
+
+
+@verb
+def trigger_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[str]:
+    """Deliver a live or paused prompt once more, now; its schedule does not change.
+
+    Counted in ``run_count`` but not against ``max_runs``. Returns the delivery's
+    idempotency key, ``"{id}:trigger:{epoch_ms}"``.
+    """
+    return verbs.trigger(context(), prompt_id, user_id, utcnow())
 
 
 def cleanup_expired_prompts(redis: Redis | None = None, *, days_to_keep: float = 30) -> str:
@@ -53,10 +196,9 @@ def cleanup_expired_prompts(redis: Redis | None = None, *, days_to_keep: float =
     ``{"error": …}``. Live prompts and unreadable records are left alone.
     """
     try:
-        result = run(core.cleanup(context(), days_to_keep, utcnow()), redis)
-    except PromptError as exc:
-        result = {"error": str(exc)}
-    return json.dumps(result)
+        return run(retention.report(context(), days_to_keep, utcnow()), redis)
+    except PromptError as exc:  # the store is unreachable
+        return json.dumps({"error": str(exc)})
 
 
 def tick_scheduled_prompts(
@@ -66,12 +208,7 @@ def tick_scheduled_prompts(
 
     Returns ``{"promoted": n, "redriven": m}``.
     """
-    from .tasks import publish  # noqa: PLC0415 - keeps Celery out of plain imports
-
-    try:
-        return engine.tick(redis or get_redis(), context(), publish, now=now)
-    except RedisError as exc:
-        raise unavailable(exc) from exc
+    return run(engine.tick_plan(context(), now or utcnow()), redis)
 
 
 def hydrate_scheduled_prompts(
@@ -80,11 +217,5 @@ def hydrate_scheduled_prompts(
     limit: int = 500,
 ) -> int:
     """Hand surviving occurrences to Celery again; returns how many were published."""
-    from .tasks import publish  # noqa: PLC0415
-
-    try:
-        return maintenance.hydrate(
-            redis or get_redis(), context(), publish, active_platforms=active_platforms, limit=limit
-        )
-    except RedisError as exc:
-        raise unavailable(exc) from exc
+    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    return run(plan, redis)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 import redis
 
@@ -23,34 +22,13 @@ from . import store
 from ._time import to_ms
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
 from .occurrences import Delivery, redrive_delay
+from .outcomes import Outcome, Result
 from .store import Context
 
-log = logging.getLogger("scheduled_prompts.engine")
+log = logging.getLogger("scheduled_prompts.claims")
 
 #: How long a delivered trigger's marker is kept (duplicate messages arrive within it).
 DONE_TTL = timedelta(days=7)
-_CAS_ATTEMPTS = 50
-
-
-class Outcome(StrEnum):
-    DELIVERED = "delivered"
-    SKIPPED = "skipped"  # stale, gone, already done: nothing to do
-    BUSY = "busy"  # another deliverer holds the lease
-    RETRY = "retry"  # runner failed, retry later
-    FAILED = "failed"  # runner failed for good: recorded
-    MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
-    NO_RUNNER = "no_runner"  # left pending
-    DEFERRED = "deferred"  # not run: the worker is stopping; its lease released
-
-
-@dataclass(frozen=True)
-class Result:
-    outcome: Outcome
-    retry_in: float = 0.0
-    error: str | None = None
-    record: ScheduledPrompt | None = None
-    #: The occurrence delivered (after coalescing); retries pass it back unchanged.
-    occurrence_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +70,7 @@ class Claims:
         self._renewed = time.monotonic()
         out: list[Result | Claimed] = []
         for i, d in enumerate(deliveries):
-            state, detail = _text(rows[2 * i]), _text(rows[2 * i + 1])
+            state, detail = store.as_text(rows[2 * i]), store.as_text(rows[2 * i + 1])
             out.append(self._read(d, state, detail))
         return out
 
@@ -182,7 +160,7 @@ class Claims:
         record already is the new JSON (``change`` is deterministic for a given record).
         """
         keys = self.ctx.keys
-        for _ in range(_CAS_ATTEMPTS):
+        for _ in range(store.CAS_ATTEMPTS):
             todo = [i for i in range(len(changes)) if i not in settled]
             if not todo:
                 return
@@ -191,7 +169,7 @@ class Claims:
                 # Changed since it was read (an edit, a trigger): read it again.
                 rkeys = [keys.prompt(changes[i][0].delivery.prompt_id) for i in stale]
                 for i, value in zip(stale, self.client.mget(rkeys), strict=True):
-                    raws[i] = None if value is None else _text(value)
+                    raws[i] = None if value is None else store.as_text(value)
             script_keys = [keys.ids, keys.due, keys.finished, keys.open_counts, keys.inflight]
             args: list[str | int | float] = []
             sent: list[tuple[int, ScheduledPrompt]] = []
@@ -225,14 +203,10 @@ class Claims:
                 return
             replies = store.Eval(store.COMMIT, script_keys, args).run(self.client)
             for (i, new), reply in zip(sent, replies, strict=True):
-                if _text(reply) == "ok":
+                if store.as_text(reply) == "ok":
                     results[i] = new
                     settled.add(i)
                 else:
                     raws[i] = None
         left = ", ".join(c.delivery.key for i, (c, _) in enumerate(changes) if i not in settled)
         raise RuntimeError(f"could not commit {left}: the record kept changing")
-
-
-def _text(value: str | bytes | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

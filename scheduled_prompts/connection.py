@@ -1,20 +1,16 @@
-"""The process's Redis client for the store, built from settings, and the plan driver."""
+"""The process's Redis client for the store, built from settings, and its errors."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-from redis.exceptions import RedisError
 
-from .core import Plan
 from .errors import StoreUnavailable
 from .keys import Keys
 from .settings import Settings, get_settings, mask_url, on_reset
 from .store import Context
-
-T = TypeVar("T")
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
@@ -64,18 +60,3 @@ def unavailable(exc: BaseException, settings: Settings | None = None) -> StoreUn
         settings.redis_url, mask_url(settings.redis_url)
     )
     return StoreUnavailable(mask_url(settings.redis_url), reason)
-
-
-def run(plan: Plan[T], client: redis.Redis | None = None) -> T:
-    """Drive a plan to completion on a synchronous client."""
-    client = client or get_redis()
-    try:
-        op = next(plan)
-        while True:
-            try:
-                result = op.run(client)
-            except RedisError as exc:
-                raise unavailable(exc) from exc
-            op = plan.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]

@@ -28,10 +28,12 @@ import redis
 
 from . import store
 from ._time import from_ms, to_iso, to_ms, utcnow
-from .claims import DONE_TTL, Change, Claimed, Claims, Outcome, Result
+from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
 from .models import Kind, ScheduledPrompt, Status
 from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
+from .outcomes import Outcome, Result
+from .plans import Enqueue, Plan, run
 from .runners import call_runner, get_runner
 from .schedules import next_cron_run, parse_cron
 from .store import Context
@@ -45,6 +47,7 @@ __all__ = [
     "deliver_many",
     "siblings",
     "tick",
+    "tick_plan",
 ]
 
 log = logging.getLogger("scheduled_prompts.engine")
@@ -53,44 +56,39 @@ log = logging.getLogger("scheduled_prompts.engine")
 def tick(
     client: redis.Redis, ctx: Context, publish: Publish, now: datetime | None = None
 ) -> dict[str, int]:
+    """Run :func:`tick_plan` on ``client`` (what beat's ``scheduled_prompts.tick`` does)."""
+    return run(tick_plan(ctx, now or utcnow()), client, publish)
+
+
+def tick_plan(ctx: Context, now: datetime) -> Plan[dict[str, int]]:
     """Promote what is due within the horizon and re-drive what overran its deadline.
 
-    Costs O(due + overdue): both are range reads on sorted sets.
+    Costs O(due + overdue): both are range reads on sorted sets. A broker that refuses
+    the occurrences never fails a tick: they stay in flight and the next ticks re-drive
+    them.
     """
-    now = now or utcnow()
     promoted = 0
     while True:
-        rows = promote_op(ctx, now, limit=1000).run(client)
+        rows = yield promote_op(ctx, now, limit=1000)
         batch = parse_promoted(rows)
         if batch:
-            _publish(publish, batch)
+            yield Enqueue(batch)
         promoted += len(batch)
         if int(rows[0]) < 1000:  # the due index has nothing more within the horizon
             break
     redriven = 0
     deadline = to_ms(now) + redrive_delay(ctx)
     while True:
-        keys = store.Eval(store.REDRIVE, [ctx.keys.inflight], [to_ms(now), 1000, deadline]).run(
-            client
-        )
-        batch = [Delivery.from_key(str(k)) for k in keys]
+        keys = yield store.Eval(store.REDRIVE, [ctx.keys.inflight], [to_ms(now), 1000, deadline])
+        batch = [Delivery.from_key(store.as_text(k)) for k in keys]
         if batch:
             log.warning("re-driving %d occurrence(s) past their deadline", len(batch))
-            _publish(publish, batch)
+            yield Enqueue(batch)
         redriven += len(batch)
         if len(batch) < 1000:
             break
-    client.set(ctx.keys.beat, to_ms(now))
+    yield store.Command(("SET", ctx.keys.beat, to_ms(now)))
     return {"promoted": promoted, "redriven": redriven}
-
-
-def _publish(publish: Publish, batch: Sequence[Delivery]) -> None:
-    # The occurrences are already in flight in Redis: if the broker refuses them now, the
-    # next ticks re-drive them past their deadline. A tick never fails for a broker error.
-    try:
-        publish(batch)
-    except Exception as exc:  # kombu raises many kinds of connection errors
-        log.warning("could not publish %d delivery task(s): %s", len(batch), exc)
 
 
 def backoff(attempt: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,6 +11,8 @@ from typing import Any
 from . import store
 from ._time import from_ms, to_ms
 from .store import Context
+
+log = logging.getLogger("scheduled_prompts.occurrences")
 
 #: Extra time past the lease before an unfinished occurrence is re-driven.
 REDRIVE_SLACK = timedelta(seconds=30)
@@ -41,7 +44,33 @@ class Delivery:
         return from_ms(self.occurrence_ms)
 
 
+#: Sends occurrences to the ``deliver`` tasks (``tasks.publish``, the Celery adapter's).
 Publish = Callable[[Sequence[Delivery]], None]
+
+
+def hand_over(publish: Publish, deliveries: Sequence[Delivery]) -> int:
+    """``publish(deliveries)``; returns how many went (0 when the broker refused them).
+
+    The occurrences are already in flight in Redis: a broker that is down is logged, not
+    raised, and tick re-drives them once their deadline passes.
+    """
+    if not deliveries:
+        return 0
+    try:
+        publish(deliveries)
+    except Exception as exc:  # kombu raises many kinds of connection errors
+        log.warning(
+            "could not publish %d delivery task(s) (%s); tick will re-drive them",
+            len(deliveries),
+            exc,
+        )
+        return 0
+    return len(deliveries)
+
+
+def horizon_ms(ctx: Context, now: datetime) -> int:
+    """The end of the promotion horizon, in epoch milliseconds."""
+    return to_ms(now) + int(ctx.settings.horizon_seconds * 1000)
 
 
 def redrive_delay(ctx: Context) -> int:
@@ -53,11 +82,10 @@ def promote_op(
     ctx: Context, now: datetime, ids: Sequence[str] = (), limit: int = 1000
 ) -> store.Eval:
     """The PROMOTE call for occurrences due within the horizon (only ``ids`` if given)."""
-    until = to_ms(now) + int(ctx.settings.horizon_seconds * 1000)
     return store.Eval(
         store.PROMOTE,
         [ctx.keys.due, ctx.keys.inflight],
-        [until, limit, redrive_delay(ctx), to_ms(now), *ids],
+        [horizon_ms(ctx, now), limit, redrive_delay(ctx), to_ms(now), *ids],
     )
 
 

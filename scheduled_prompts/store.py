@@ -2,7 +2,7 @@
 
 Operations are small objects that can run on a synchronous ``redis.Redis`` or an
 asynchronous ``redis.asyncio.Redis`` alike (:meth:`Op.run` / :meth:`Op.arun`), so the
-public verbs are written once (``core.py``) and driven by either client.
+public verbs are written once (``verbs.py``, see ``plans.py``) and driven by either client.
 
 Every write that touches several keys is one Lua script, so a crash, a timeout or an
 error leaves either the whole change or none of it.
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
 
 log = logging.getLogger("scheduled_prompts.store")
+
+#: Compare-and-set rounds a record write gets before it gives up on a record that keeps
+#: changing under it.
+CAS_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -374,8 +378,9 @@ return deleted
 )
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: str | bytes | int) -> str:
+    """A reply as text, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Op:
@@ -435,12 +440,12 @@ class RangeByLex(Op):
 
     def run(self, redis: Redis) -> list[str]:
         low, high = self._bounds()
-        return [_text(m) for m in redis.zrangebylex(self.key, low, high, start=0, num=self.count)]
+        return [as_text(m) for m in redis.zrangebylex(self.key, low, high, start=0, num=self.count)]
 
     async def arun(self, redis: AsyncRedis) -> list[str]:
         low, high = self._bounds()
         members = await redis.zrangebylex(self.key, low, high, start=0, num=self.count)
-        return [_text(m) for m in members]
+        return [as_text(m) for m in members]
 
 
 @dataclass(frozen=True)
@@ -456,13 +461,13 @@ class RangeByScore(Op):
         rows = redis.zrangebyscore(
             self.key, "-inf", self.max_score, start=self.offset, num=self.count, withscores=True
         )
-        return [(_text(m), float(s)) for m, s in cast(list[tuple[Any, Any]], rows)]
+        return [(as_text(m), float(s)) for m, s in cast(list[tuple[Any, Any]], rows)]
 
     async def arun(self, redis: AsyncRedis) -> list[tuple[str, float]]:
         rows = await redis.zrangebyscore(
             self.key, "-inf", self.max_score, start=self.offset, num=self.count, withscores=True
         )
-        return [(_text(m), float(s)) for m, s in cast(list[tuple[Any, Any]], rows)]
+        return [(as_text(m), float(s)) for m, s in cast(list[tuple[Any, Any]], rows)]
 
 
 @dataclass(frozen=True)
@@ -477,6 +482,20 @@ class HashGet(Op):
         if not self.fields:
             return []
         return list(await redis.hmget(self.key, list(self.fields)))
+
+
+@dataclass(frozen=True)
+class Command(Op):
+    """One plain command (``GET``, ``SET``, ``ZCARD``, ``ZRANGE``…); the reply as the
+    client gives it (text or bytes, as the client decodes)."""
+
+    args: Sequence[str | int | float]
+
+    def run(self, redis: Redis) -> Any:
+        return redis.execute_command(*self.args)  # type: ignore[no-untyped-call]
+
+    async def arun(self, redis: AsyncRedis) -> Any:
+        return await redis.execute_command(*self.args)  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Thin Celery tasks: unpack arguments, call the engine, map outcomes to retries."""
+"""The Celery adapter's tasks: unpack arguments, call the engine, map outcomes to retries.
+
+With ``celery_app.py`` and ``worker.py``, the only modules that import Celery; the
+library below them receives :func:`publish` as a parameter.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,14 @@ from celery import Task
 from celery.signals import worker_init, worker_ready, worker_shutting_down
 from redis.exceptions import RedisError
 
-from . import engine, maintenance
+from . import engine, hydration, retention
 from ._time import utcnow
 from .celery_app import app
 from .connection import context, get_redis
-from .engine import Outcome
 from .errors import RunnerNotConfigured, StoreUnavailable
-from .occurrences import Delivery, batches
+from .occurrences import Delivery, batches, hand_over
+from .outcomes import Outcome
+from .plans import run
 from .runners import get_runner
 
 log = logging.getLogger("scheduled_prompts.tasks")
@@ -158,28 +163,25 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
 
 
 def _follow_up(d: Delivery, countdown: float, kwargs: dict[str, Any]) -> None:
-    # If this publish fails, the occurrence is still in flight: tick re-drives it.
-    try:
+    def send(_: Sequence[Delivery]) -> None:
         deliver.apply_async(args=(d.prompt_id, d.occurrence_ms), kwargs=kwargs, countdown=countdown)
-    except Exception as exc:  # kombu raises many kinds of connection errors
-        log.warning("could not send the retry of %s (tick will re-drive it): %s", d.key, exc)
+
+    hand_over(send, [d])  # if the broker refuses it, it is still in flight: tick re-drives it
 
 
 @app.task(name="scheduled_prompts.cleanup", ignore_result=True)
 def cleanup(days_to_keep: float | None = None) -> str:
     """Delete terminal prompts older than ``days_to_keep`` (default CLEANUP_DAYS)."""
-    from .api import cleanup_expired_prompts  # noqa: PLC0415 - api imports tasks lazily too
-
-    days = context().settings.cleanup_days if days_to_keep is None else days_to_keep
-    return cleanup_expired_prompts(days_to_keep=days)
+    ctx = context()
+    days = ctx.settings.cleanup_days if days_to_keep is None else days_to_keep
+    return run(retention.report(ctx, days, utcnow()), get_redis(), publish)
 
 
 @app.task(name="scheduled_prompts.hydrate", ignore_result=True)
 def hydrate(active_platforms: Iterable[str] | None = None, limit: int | None = None) -> int:
-    """Hand surviving occurrences to Celery again (see :func:`maintenance.hydrate`)."""
-    return maintenance.hydrate(
-        get_redis(), context(), publish, active_platforms=active_platforms, limit=limit
-    )
+    """Hand surviving occurrences to Celery again (see :func:`hydration.hydrate`)."""
+    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    return run(plan, get_redis(), publish)
 
 
 @worker_ready.connect

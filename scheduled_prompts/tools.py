@@ -19,12 +19,11 @@ from zoneinfo import ZoneInfo
 
 import jsonschema
 
-from . import core
+from . import retention, verbs
 from ._time import to_iso, utcnow
 from .aio import arun
+from .api import run
 from .connection import context as store_context
-from .connection import run
-from .core import Plan
 from .errors import (
     ConflictingPrompt,
     InvalidSchedule,
@@ -33,8 +32,10 @@ from .errors import (
     StoreUnavailable,
 )
 from .models import ScheduledPrompt, Status
+from .plans import Plan
 from .schedules import get_zone, parse_cron
 from .settings import Settings, get_settings
+from .validation import build_from_spec
 
 log = logging.getLogger("scheduled_prompts.tools")
 
@@ -385,7 +386,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
         spec["at"] = args["at"]
     else:
         spec["delay"] = args["delay_seconds"]
-    record, _ = core.build_from_spec(spec, now, settings)
+    record, _ = build_from_spec(spec, now, settings)
     farthest = now + timedelta(days=settings.tool_max_days_ahead)
     if record.schedule_time is not None and record.schedule_time > farthest:
         raise ToolError(
@@ -395,7 +396,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
     waiting = yield from _count_waiting(ctx, settings.tool_max_active_prompts)
     if waiting >= settings.tool_max_active_prompts:
         raise QuotaExceeded(ctx.user_id, settings.tool_max_active_prompts)
-    record = yield from core.schedule(store_context(), spec, now)
+    record = yield from verbs.create(store_context(), spec, now)
     return {"success": True, **_describe(record, ctx, now)}
 
 
@@ -407,7 +408,7 @@ def _count_waiting(ctx: ToolContext, enough: int) -> Plan[int]:
     """
     count, cursor = 0, None
     while count < enough:
-        page = yield from core.list_page(
+        page = yield from verbs.list_page(
             store_context(),
             user_id=ctx.user_id,
             platform=ctx.platform,
@@ -442,7 +443,7 @@ WAITING = (Status.SCHEDULED, Status.ACTIVE, Status.PAUSED)
 
 
 def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
-    page = yield from core.list_page(
+    page = yield from verbs.list_page(
         store_context(),
         user_id=ctx.user_id,
         platform=ctx.platform,
@@ -460,7 +461,7 @@ def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler
 
 
 def _owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
-    record = yield from core.get(store_context(), prompt_id)
+    record = yield from verbs.get(store_context(), prompt_id)
     # Another user's prompt (or another platform's user) looks exactly like no prompt.
     if record is None or record.user_id != ctx.user_id or record.platform != ctx.platform:
         raise PromptNotFound(prompt_id)
@@ -479,16 +480,16 @@ def _change(verb: Callable[..., Plan[ScheduledPrompt]]) -> HandlerFn:
 
 
 def _cleanup(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
-    result = yield from core.cleanup(store_context(), args.get("days_to_keep", 30), utcnow())
+    result = yield from retention.cleanup(store_context(), args.get("days_to_keep", 30), utcnow())
     return result
 
 
 _HANDLERS: dict[str, HandlerFn] = {
     "schedule_prompt": _schedule,
     "list_scheduled_prompts": _list,
-    "cancel_scheduled_prompt": _change(core.cancel),
-    "pause_scheduled_prompt": _change(core.pause),
-    "resume_scheduled_prompt": _change(core.resume),
+    "cancel_scheduled_prompt": _change(verbs.cancel),
+    "pause_scheduled_prompt": _change(verbs.pause),
+    "resume_scheduled_prompt": _change(verbs.resume),
     "cleanup_expired_prompts": _cleanup,
 }
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import threading
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from .errors import InvalidSchedule
+from .ids import new_prompt_ids
 from .models import Kind, ScheduledPrompt, Status, make_record
 from .schedules import (
     CronSchedule,
@@ -31,7 +29,6 @@ from .settings import Settings
 
 _PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 _MAX_NAME_CHARS = 256
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 #: Keyword arguments of ``schedule_prompt`` after the prompt text.
 SCHEDULE_ARGS = (
@@ -53,50 +50,6 @@ SCHEDULE_ARGS = (
 UPDATABLE = frozenset({"prompt", *SCHEDULE_ARGS} - {"user_id", "platform", "prompt_id"})
 
 
-_last_id = 0
-_id_lock = threading.Lock()
-
-
-def new_prompt_id() -> str:
-    """A 26-character, time-ordered id (48-bit milliseconds + 80 random bits, base32).
-
-    Ids sort by creation time, so the lexicographic indexes list oldest first; within
-    one millisecond a process counts up from its last id (as ULID's monotonic mode).
-    """
-    global _last_id
-    with _id_lock:
-        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-        if value >> 80 == _last_id >> 80 and value <= _last_id:
-            value = _last_id + 1
-        _last_id = value
-    return _encode_ids([value])[0]
-
-
-def new_prompt_ids(count: int) -> list[str]:
-    """``count`` ids as :func:`new_prompt_id` makes them, in ascending order, cheaper in
-    bulk: one clock read and one random draw; ids after the first count up from it (as
-    within one millisecond)."""
-    global _last_id
-    if count <= 0:
-        return []
-    with _id_lock:
-        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-        if value >> 80 == _last_id >> 80 and value <= _last_id:
-            value = _last_id + 1
-        _last_id = value + count - 1
-    return _encode_ids(range(value, value + count))
-
-
-def _encode_ids(values: Iterable[int]) -> list[str]:
-    # Each 128-bit value as 26 Crockford base32 digits (130 bits, the first 2 zero), two
-    # digits per lookup: lexicographic order is numeric order.
-    return ["".join([_PAIRS[v >> s & 1023] for s in _SHIFTS]) for v in values]
-
-
-_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
-_SHIFTS = range(120, -1, -10)
-
-
 class ScheduleRequest(NamedTuple):
     """The schedule part of a request, as given (before it is resolved against a clock).
 
@@ -110,6 +63,16 @@ class ScheduleRequest(NamedTuple):
     start_at: Any = None
     end_at: Any = None
     max_runs: Any = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], **defaults: Any) -> ScheduleRequest:
+        """The schedule arguments among ``values``; ``defaults`` for those it lacks."""
+        given = {**defaults, **{k: values[k] for k in _SCHEDULE_FIELDS if k in values}}
+        given.setdefault("timezone", "UTC")
+        return cls(**given)
+
+
+_SCHEDULE_FIELDS = ScheduleRequest._fields
 
 
 def check_text(name: str, value: object, *, limit: int, optional: bool = False) -> str | None:
@@ -227,14 +190,14 @@ def resolve_schedule(req: ScheduleRequest, now: datetime) -> ResolvedSchedule:
         )
     zone = get_zone(req.timezone)
     if req.cron is None:
-        for name in ("start_at", "end_at", "max_runs"):
-            if req.start_at is req.end_at is req.max_runs is None:
-                break
-            if getattr(req, name) is not None:
-                raise InvalidSchedule(
-                    f"{name} bounds a cron schedule; a one-time prompt (at=/delay=) "
-                    "does not take it"
-                )
+        bound = next(
+            (n for n in ("start_at", "end_at", "max_runs") if getattr(req, n) is not None), None
+        )
+        if bound is not None:
+            raise InvalidSchedule(
+                f"{bound} bounds a cron schedule; a one-time prompt (at=/delay=) "
+                "does not take it"
+            )
         if req.at is not None:
             when = resolve_at(req.at, zone.key, now)
         else:
@@ -291,7 +254,7 @@ def build_prompt(
     owner = check_text("user_id", user_id, limit=_MAX_NAME_CHARS)
     where = check_text("platform", platform, limit=_MAX_NAME_CHARS)
     channel = check_text("channel_id", channel_id, limit=_MAX_NAME_CHARS, optional=True)
-    pid = check_prompt_id(prompt_id) if prompt_id is not None else fresh_id or new_prompt_id()
+    pid = check_prompt_id(prompt_id) if prompt_id is not None else fresh_id or new_prompt_ids(1)[0]
     grace = check_grace(misfire_grace_seconds)
     meta = check_metadata(metadata, settings)
     resolved = resolve_schedule(schedule, now)
@@ -377,28 +340,15 @@ def _reschedule(
     if not {"at", "delay", "cron"} & set(changes):
         if record.kind is Kind.ONCE:
             # Only the display timezone (or a cron-only bound) changes for a one-time prompt.
-            resolve_schedule(
-                ScheduleRequest(
-                    delay=0,
-                    timezone=timezone,
-                    **{k: changes.get(k) for k in ("start_at", "end_at", "max_runs")},
-                ),
-                now,
-            )
+            bounds = {k: changes[k] for k in ("start_at", "end_at", "max_runs") if k in changes}
+            resolve_schedule(ScheduleRequest.of(bounds, delay=0, timezone=timezone), now)
             return {"timezone": get_zone(timezone).key}
         changes = {"cron": record.cron_expression, **changes}
     cron = changes.get("cron")
     is_cron = cron is not None or ("at" not in changes and "delay" not in changes)
     keep = record.kind is Kind.CRON and is_cron
-    req = ScheduleRequest(
-        at=changes.get("at"),
-        delay=changes.get("delay"),
-        cron=cron,
-        timezone=timezone,
-        start_at=changes.get("start_at", record.start_at if keep else None),
-        end_at=changes.get("end_at", record.end_at if keep else None),
-        max_runs=changes.get("max_runs", record.max_runs if keep else None),
-    )
+    kept = {"start_at": record.start_at, "end_at": record.end_at, "max_runs": record.max_runs}
+    req = ScheduleRequest.of({**(kept if keep else {}), **changes}, cron=cron, timezone=timezone)
     resolved = resolve_schedule(req, now)
     if resolved.max_runs is not None and resolved.max_runs <= record.scheduled_runs and keep:
         raise InvalidSchedule(
@@ -416,3 +366,37 @@ def _reschedule(
         "max_runs": resolved.max_runs,
         "next_run_at": None if record.status is Status.PAUSED else resolved.next_run_at,
     }
+
+
+_SPEC_KEYS = frozenset({"prompt", *SCHEDULE_ARGS})
+
+
+def build_from_spec(
+    spec: Mapping[str, Any], now: datetime, settings: Settings, fresh_id: str | None = None
+) -> tuple[ScheduledPrompt, ScheduleRequest]:
+    """Validate one ``schedule_prompt`` keyword set; return the record and its request
+    (with ``fresh_id`` as its id when the spec gives no ``prompt_id``)."""
+    unknown = spec.keys() - _SPEC_KEYS
+    if unknown:
+        raise InvalidSchedule(
+            f"unknown argument(s) {', '.join(sorted(unknown))}; accepted: prompt, "
+            + ", ".join(SCHEDULE_ARGS)
+        )
+    for name in ("prompt", "user_id", "platform"):
+        if name not in spec:
+            raise InvalidSchedule(f"{name} is required")
+    req = ScheduleRequest.of(spec)
+    record = build_prompt(
+        spec["prompt"],
+        user_id=spec["user_id"],
+        platform=spec["platform"],
+        channel_id=spec.get("channel_id"),
+        schedule=req,
+        misfire_grace_seconds=spec.get("misfire_grace_seconds"),
+        metadata=spec.get("metadata"),
+        prompt_id=spec.get("prompt_id"),
+        now=now,
+        settings=settings,
+        fresh_id=fresh_id,
+    )
+    return record, req

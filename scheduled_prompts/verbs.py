@@ -1,137 +1,397 @@
-"""The public verbs as plan factories: each returns the plan that does the work.
+"""The public verbs as plans (see ``plans.py``): create, read, list, change, trigger.
 
-``api.py`` runs them on a ``redis.Redis`` and ``aio.py`` on a ``redis.asyncio.Redis``;
-the signatures and docstrings below are what both APIs show.
+Each takes the store scope, its arguments and ``now``, and is driven by ``api.py`` on a
+``redis.Redis`` or by ``aio.py`` on a ``redis.asyncio.Redis``: the logic is written once.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable, Mapping
+import gc
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import core
-from ._time import utcnow
-from .connection import context
-from .core import Plan, PromptPage
-from .models import ScheduledPrompt, Status
+from . import store
+from ._time import to_ms
+from .errors import ConflictingPrompt, InvalidSchedule, PromptNotFound, QuotaExceeded
+from .ids import new_prompt_ids
+from .models import Kind, ScheduledPrompt, Status
+from .occurrences import Delivery, parse_promoted, promote_op, redrive_delay
+from .plans import Enqueue, Plan
+from .schedules import first_cron_run, parse_cron
+from .store import CAS_ATTEMPTS, Context, Put
+from .validation import ScheduleRequest, apply_update, build_from_spec, same_request
+
+log = logging.getLogger("scheduled_prompts.verbs")
+
+#: Records written per script call by ``schedule_many`` (one pipelined round trip).
+BATCH = 1_000
 
 
-def present(verb: Callable[..., object], factory: Callable[..., object]) -> None:
-    """Show ``verb`` (a sync or async wrapper) with the factory's parameters and docs,
-    not its ``Plan`` return type."""
-    verb.__signature__ = inspect.signature(factory).replace(  # type: ignore[attr-defined]
-        return_annotation=inspect.Signature.empty
-    )
+@dataclass(frozen=True)
+class PromptPage:
+    """One page of :func:`list_prompts`: ``next_cursor`` is None on the last page."""
+
+    items: list[ScheduledPrompt]
+    next_cursor: str | None
 
 
-def schedule_prompt(
-    prompt: str,
-    *,
-    user_id: str,
-    platform: str,
-    channel_id: str | None = None,
-    at: datetime | str | None = None,
-    delay: float | timedelta | None = None,
-    cron: str | None = None,
-    timezone: str = "UTC",
-    start_at: datetime | str | None = None,
-    end_at: datetime | str | None = None,
-    max_runs: int | None = None,
-    misfire_grace_seconds: float | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    prompt_id: str | None = None,
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
+    """Enqueue at once the written prompts due within the horizon (instead of at the next
+    tick), so a prompt scheduled seconds ahead still fires on time."""
+    horizon = now + timedelta(seconds=ctx.settings.horizon_seconds)
+    ids = [r.id for r in records if r.is_live and r.next_run_at and r.next_run_at <= horizon]
+    published = 0
+    for i in range(0, len(ids), BATCH):
+        rows = yield promote_op(ctx, now, ids[i : i + BATCH])
+        deliveries = parse_promoted(rows)
+        if deliveries:
+            published += yield Enqueue(deliveries)
+    return published
+
+
+def _existing_or_conflict(
+    stored: ScheduledPrompt | None, new: ScheduledPrompt, req: ScheduleRequest
+) -> ScheduledPrompt:
+    if stored is None:
+        raise ConflictingPrompt(f"prompt_id {new.id!r} is taken by an unreadable record")
+    if not same_request(stored, new, req):
+        raise ConflictingPrompt(
+            f"prompt_id {new.id!r} already exists with a different prompt, owner, platform, "
+            "channel or schedule; use another prompt_id, or update_prompt() to change it"
+        )
+    return stored
+
+
+def create(
+    ctx: Context, spec: Mapping[str, Any], now: datetime, *, quota: int | None = None
 ) -> Plan[ScheduledPrompt]:
-    """Store a prompt to fire once (``at=`` or ``delay=``) or on a ``cron=`` schedule.
-
-    ``prompt_id`` makes the call idempotent: repeating it with the same arguments returns
-    the stored prompt unchanged; different arguments raise ``ConflictingPrompt``.
-    """
-    spec = {
-        "prompt": prompt,
-        "user_id": user_id,
-        "platform": platform,
-        "channel_id": channel_id,
-        "at": at,
-        "delay": delay,
-        "cron": cron,
-        "timezone": timezone,
-        "start_at": start_at,
-        "end_at": end_at,
-        "max_runs": max_runs,
-        "misfire_grace_seconds": misfire_grace_seconds,
-        "metadata": metadata,
-        "prompt_id": prompt_id,
-    }
-    return core.schedule(context(), spec, utcnow())
+    """Create one prompt. ``quota`` tightens MAX_PROMPTS_PER_USER for this call (tools)."""
+    record, req = build_from_spec(spec, now, ctx.settings)
+    limits = [q for q in (quota, ctx.settings.max_prompts_per_user) if q is not None]
+    limit = min(limits) if limits else None
+    key = ctx.keys.prompt(record.id)
+    if spec.get("prompt_id") is not None:
+        (raw,) = yield store.Read([key])
+        if raw is not None:
+            return _existing_or_conflict(store.parse_record(key, raw), record, req)
+    result = yield store.create_op(ctx.keys, [record], limit)
+    outcome = _check_put(result, limit)
+    if outcome == "exists":  # created concurrently under the same prompt_id
+        return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
+    yield from promote_now(ctx, [record], now)
+    return record
 
 
-def schedule_many(specs: Iterable[Mapping[str, Any]]) -> Plan[list[ScheduledPrompt]]:
-    """Store many prompts: each spec holds ``schedule_prompt``'s arguments as a dict.
-
-    Every spec is validated before anything is written (one bad spec rejects the call,
-    naming its index); the writes are pipelined in batches.
-    """
-    return core.schedule_many(context(), list(specs), utcnow())
-
-
-def get_prompt(prompt_id: str) -> Plan[ScheduledPrompt | None]:
-    """The prompt with this id, or None."""
-    return core.get(context(), prompt_id)
+def _check_put(result: Sequence[Any], limit: int | None) -> str:
+    outcome = str(result[0])
+    if outcome == "quota":
+        assert limit is not None
+        raise QuotaExceeded(str(result[1]), limit)
+    return outcome
 
 
-def list_prompts(
+def create_many(
+    ctx: Context, specs: Iterable[Mapping[str, Any]], now: datetime
+) -> Plan[list[ScheduledPrompt]]:
+    """``schedule_many``: validate every spec first (all or nothing), then write in
+    pipelined batches."""
+    built: list[tuple[ScheduledPrompt, ScheduleRequest, bool]] = []
+    seen: set[str] = set()
+    specs = list(specs)
+    # Ids for the specs that give none, made in one go (cheaper than one by one).
+    fresh = iter(
+        new_prompt_ids(sum(1 for s in specs if isinstance(s, Mapping) and not s.get("prompt_id")))
+    )
+    # Thousands of new records at once would start the cyclic GC over and over while
+    # none of them can be garbage yet: it is paused for this loop (which yields nothing).
+    with _gc_paused():
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, Mapping):
+                raise InvalidSchedule(
+                    f"specs[{index}] must be a dict of schedule_prompt arguments, "
+                    f"got {type(spec).__name__}"
+                )
+            try:
+                fresh_id = None if spec.get("prompt_id") else next(fresh)
+                record, req = build_from_spec(spec, now, ctx.settings, fresh_id)
+            except InvalidSchedule as exc:
+                raise InvalidSchedule(f"specs[{index}]: {exc}") from None
+            if record.id in seen:
+                raise InvalidSchedule(f"specs[{index}]: prompt_id {record.id!r} appears twice")
+            seen.add(record.id)
+            built.append((record, req, spec.get("prompt_id") is not None))
+    # Idempotent ids that already exist resolve to the stored record (or a conflict).
+    explicit = [r.id for r, _, given in built if given]
+    raws = yield store.Read([ctx.keys.prompt(i) for i in explicit])
+    existing: dict[str, ScheduledPrompt] = {}
+    for pid, raw in zip(explicit, raws, strict=True):
+        if raw is not None:
+            existing[pid] = store.parse_record(ctx.keys.prompt(pid), raw)  # type: ignore[assignment]
+    out: list[ScheduledPrompt] = []
+    to_write: list[ScheduledPrompt] = []
+    for record, req, _ in built:
+        if record.id in existing:
+            out.append(_existing_or_conflict(existing[record.id], record, req))
+        else:
+            out.append(record)
+            to_write.append(record)
+    quota = ctx.settings.max_prompts_per_user
+    if quota is not None and to_write:
+        adds: dict[str, int] = {}
+        for record in to_write:
+            adds[record.user_id] = adds.get(record.user_id, 0) + 1
+        users = list(adds)
+        have = yield store.HashGet(ctx.keys.open_counts, users)
+        for user, count in zip(users, have, strict=True):
+            if int(count or 0) + adds[user] > quota:
+                raise QuotaExceeded(user, quota)
+    if to_write:
+        # Each batch is serialised while Redis writes the one before.
+        results = yield store.Stream(
+            store.create_op(ctx.keys, to_write[i : i + BATCH], quota)
+            for i in range(0, len(to_write), BATCH)
+        )
+        failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
+        if failed:
+            written = len(to_write) - sum(min(BATCH, len(to_write) - i * BATCH) for i, _ in failed)
+            index, result = failed[0]
+            detail = (
+                f"user {result[1]!r} reached the quota"
+                if str(result[0]) == "quota"
+                else f"a prompt_id was created concurrently ({result[0]})"
+            )
+            raise ConflictingPrompt(
+                f"schedule_many raced another writer: {detail}; {written} of "
+                f"{len(to_write)} prompts were written (batches of {BATCH})"
+            )
+        yield from promote_now(ctx, to_write, now)
+    return out
+
+
+def get(ctx: Context, prompt_id: str) -> Plan[ScheduledPrompt | None]:
+    if not isinstance(prompt_id, str):
+        return None
+    key = ctx.keys.prompt(prompt_id)
+    (raw,) = yield store.Read([key])
+    return store.parse_record(key, raw)
+
+
+def _coerce_statuses(status: object) -> frozenset[Status] | None:
+    if status is None:
+        return None
+    try:
+        values = [status] if isinstance(status, str) else list(status)  # type: ignore[call-overload]
+        return frozenset(Status(v) for v in values)
+    except (ValueError, TypeError):
+        raise InvalidSchedule(
+            f"status must be one of {', '.join(s.value for s in Status)} "
+            f"(or a list of them), got {status!r}"
+        ) from None
+
+
+def list_page(
+    ctx: Context,
     *,
-    user_id: str | None = None,
-    platform: str | None = None,
-    status: Status | str | Iterable[Status | str] | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
+    user_id: str | None,
+    platform: str | None,
+    status: object,
+    limit: int,
+    cursor: str | None,
 ) -> Plan[PromptPage]:
-    """A page of prompts, oldest first; pass ``next_cursor`` back for the next page.
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidSchedule(f"limit must be an integer from 1 to 1000, got {limit!r}")
+    if cursor is not None and not isinstance(cursor, str):
+        raise InvalidSchedule(f"cursor must be a next_cursor string or None, got {cursor!r}")
+    for name, value in (("user_id", user_id), ("platform", platform)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidSchedule(f"{name} must be a string or None, got {type(value).__name__}")
+    statuses = _coerce_statuses(status)
+    index = ctx.keys.ids if user_id is None else ctx.keys.user(user_id)
+    items: list[ScheduledPrompt] = []
+    after = cursor
+    chunk = max(limit, 100)
+    while True:
+        ids: list[str] = yield store.RangeByLex(index, after, chunk)
+        if not ids:
+            return PromptPage(items, None)
+        keys = [ctx.keys.prompt(i) for i in ids]
+        raws = yield store.Read(keys)
+        for pid, key, raw in zip(ids, keys, raws, strict=True):
+            after = pid
+            record = store.parse_record(key, raw)
+            if record is None:
+                continue
+            if (
+                (user_id is not None and record.user_id != user_id)
+                or (platform is not None and record.platform != platform)
+                or (statuses is not None and record.status not in statuses)
+            ):
+                continue
+            items.append(record)
+            if len(items) == limit:
+                return PromptPage(items, pid)
+        if len(ids) < chunk:
+            return PromptPage(items, None)
 
-    With ``user_id`` the cost is proportional to that user's prompts only.
-    """
-    return core.list_page(
-        context(),
-        user_id=user_id,
-        platform=platform,
-        status=status,
-        limit=limit,
-        cursor=cursor,
+
+def _mutate(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    change: Any,
+) -> Plan[ScheduledPrompt]:
+    """Read, ``change(record)``, compare-and-set; retried if the record moved meanwhile."""
+    if not isinstance(prompt_id, str):
+        raise PromptNotFound(repr(prompt_id))
+    key = ctx.keys.prompt(prompt_id)
+    # A delivery in progress holds the prompt's lease; the change waits for it to commit
+    # (or for its lease to expire), so no delivery of the old state follows the return.
+    patience = time.monotonic() + ctx.settings.lease_seconds + 5
+    pause = 0.01
+    attempts = 0
+    while attempts < CAS_ATTEMPTS:
+        (raw,) = yield store.Read([key])
+        record = store.parse_record(key, raw)
+        if record is None or (user_id is not None and record.user_id != user_id):
+            raise PromptNotFound(prompt_id)
+        new: ScheduledPrompt = change(record)
+        if new is record:
+            return record
+        result = yield store.put_op(ctx.keys, [Put(new, raw, record)], None)
+        outcome = str(result[0])
+        if outcome == "ok":
+            yield from promote_now(ctx, [new], new.updated_at)
+            return new
+        if outcome == "leased":
+            if time.monotonic() > patience:
+                break
+            yield store.Sleep(pause)
+            pause = min(0.25, pause * 2)
+            continue
+        attempts += 1
+    raise ConflictingPrompt(
+        f"prompt {prompt_id!r} is being delivered or changed right now; try again"
     )
 
 
-def cancel_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
-    """Cancel a live or paused prompt; a pending delivery will not happen."""
-    return core.cancel(context(), prompt_id, user_id, utcnow())
+def _refuse(record: ScheduledPrompt, action: str) -> ConflictingPrompt:
+    return ConflictingPrompt(
+        f"cannot {action} prompt {record.id!r}: it is {record.status.value}; only "
+        "scheduled, active or paused prompts can be changed"
+    )
 
 
-def pause_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
-    """Stop a prompt from firing until :func:`resume_prompt`."""
-    return core.pause(context(), prompt_id, user_id, utcnow())
-
-
-def resume_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
-    """Resume a paused prompt; its next run is computed from now (no burst of misses)."""
-    return core.resume(context(), prompt_id, user_id, utcnow())
-
-
-def update_prompt(
-    prompt_id: str, *, user_id: str | None = None, **changes: Any
+def _stop(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    now: datetime,
+    *,
+    status: Status,
+    action: str,
 ) -> Plan[ScheduledPrompt]:
-    """Change a live or paused prompt in place (text, schedule, bounds, metadata…).
+    """Move a live or paused prompt to ``status`` (no next run); idempotent."""
 
-    A rescheduled prompt's old occurrence never fires.
-    """
-    return core.update(context(), prompt_id, user_id, changes, utcnow())
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status is status:
+            return record
+        if record.status.is_terminal:
+            raise _refuse(record, action)
+        return record.replace(
+            status=status, next_run_at=None, updated_at=now, version=record.version + 1
+        )
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
 
 
-def trigger_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[str]:
-    """Deliver a live or paused prompt once more, now; its schedule does not change.
+def cancel(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    return (
+        yield from _stop(ctx, prompt_id, user_id, now, status=Status.CANCELLED, action="cancel")
+    )
 
-    Counted in ``run_count`` but not against ``max_runs``. Returns the delivery's
-    idempotency key, ``"{id}:trigger:{epoch_ms}"``.
-    """
-    return core.trigger(context(), prompt_id, user_id, utcnow())
+
+def pause(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    return (yield from _stop(ctx, prompt_id, user_id, now, status=Status.PAUSED, action="pause"))
+
+
+def resume(
+    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status.is_live:
+            return record
+        if record.status.is_terminal:
+            raise _refuse(record, "resume")
+        bump = {"updated_at": now, "version": record.version + 1}
+        if record.kind is Kind.ONCE:
+            assert record.schedule_time is not None
+            # A time that passed while paused fires now (the engine applies the grace).
+            when = max(record.schedule_time, now)
+            return record.replace(status=Status.SCHEDULED, next_run_at=when, **bump)
+        assert record.cron_expression is not None
+        schedule = parse_cron(record.cron_expression, record.timezone)
+        # Computed from now: occurrences missed while paused are skipped, not replayed.
+        first = first_cron_run(schedule, now, start_at=record.start_at, end_at=record.end_at)
+        if first is None:
+            return record.replace(status=Status.EXECUTED, next_run_at=None, **bump)
+        return record.replace(status=Status.ACTIVE, next_run_at=first, **bump)
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def update(
+    ctx: Context,
+    prompt_id: str,
+    user_id: str | None,
+    changes: Mapping[str, Any],
+    now: datetime,
+) -> Plan[ScheduledPrompt]:
+    def change(record: ScheduledPrompt) -> ScheduledPrompt:
+        if record.status.is_terminal:
+            raise _refuse(record, "update")
+        return apply_update(record, changes, now, ctx.settings)
+
+    return (yield from _mutate(ctx, prompt_id, user_id, change))
+
+
+def trigger(ctx: Context, prompt_id: str, user_id: str | None, now: datetime) -> Plan[str]:
+    """One extra delivery now; returns its idempotency key ``{id}:trigger:{epoch_ms}``."""
+    if not isinstance(prompt_id, str):
+        raise PromptNotFound(repr(prompt_id))
+    key = ctx.keys.prompt(prompt_id)
+    (raw,) = yield store.Read([key])
+    record = store.parse_record(key, raw)
+    if record is None or (user_id is not None and record.user_id != user_id):
+        raise PromptNotFound(prompt_id)
+    if record.status.is_terminal:
+        raise _refuse(record, "trigger")
+    # In flight first, then published: if the broker is down, tick re-drives it. Two
+    # triggers in the same millisecond get consecutive keys, never one shared delivery.
+    deadline = to_ms(now) + redrive_delay(ctx)
+    for ms in range(to_ms(now), to_ms(now) + 1000):
+        delivery = Delivery(prompt_id, ms, trigger=True)
+        keys = [ctx.keys.inflight, ctx.keys.done(delivery.key)]
+        if (yield store.Eval(store.TRACK, keys, [deadline, delivery.key])):
+            yield Enqueue([delivery])
+            return delivery.key
+    raise ConflictingPrompt(f"too many triggers of {prompt_id!r} at once; try again")

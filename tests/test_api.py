@@ -14,7 +14,7 @@ import pytest
 import redis
 
 import scheduled_prompts as sp
-from scheduled_prompts import engine, verbs
+from scheduled_prompts import api, engine
 from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import context, get_redis
 from scheduled_prompts.engine import Outcome
@@ -579,7 +579,7 @@ def test_update_max_runs_of_a_cron_prompt_ends_it_after_that_many_runs(
     first = p.next_run_at
     assert deliver_at(p.id, first) is Outcome.DELIVERED
     # The API's clock, a minute after that first run (time is a parameter, not a sleep).
-    monkeypatch.setattr(verbs, "utcnow", lambda: first + timedelta(minutes=1))
+    monkeypatch.setattr(api, "utcnow", lambda: first + timedelta(minutes=1))
     with pytest.raises(sp.InvalidSchedule, match="greater than the 1 runs already made"):
         sp.update_prompt(p.id, max_runs=1)
     q = sp.update_prompt(p.id, max_runs=2)

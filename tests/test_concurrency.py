@@ -48,7 +48,7 @@ from hypothesis.stateful import (
 )
 
 import scheduled_prompts as sp
-from scheduled_prompts import engine, verbs
+from scheduled_prompts import api, engine
 from scheduled_prompts._time import from_ms, to_ms, utcnow
 from scheduled_prompts.connection import context, get_redis
 from scheduled_prompts.engine import Outcome
@@ -140,7 +140,7 @@ def leases(client: redis.Redis) -> list[str]:
 
 
 class SimClock:
-    """The clock the verbs read (patched over ``verbs.utcnow``) and deliveries are given."""
+    """The clock the verbs read (patched over ``api.utcnow``) and deliveries are given."""
 
     def __init__(self) -> None:
         self.now = utcnow()
@@ -254,7 +254,7 @@ lateness = st.sampled_from([0.0, 0.4, 30.0, 150.0])  # 150 s coalesces and misse
 class PromptMachine(RuleBasedStateMachine):
     """The public API and ``engine.deliver`` against a model, one step at a time.
 
-    The verbs read ``CLOCK`` (patched over ``verbs.utcnow``) and deliveries are given
+    The verbs read ``CLOCK`` (patched over ``api.utcnow``) and deliveries are given
     ``now=`` from it; it moves forward by at least 1 ms every step, as a real clock
     would between two calls.
     """
@@ -631,7 +631,7 @@ class PromptMachine(RuleBasedStateMachine):
 def test_state_machine_against_model_on_real_redis(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(verbs, "utcnow", CLOCK)
+    monkeypatch.setattr(api, "utcnow", CLOCK)
     sp.set_bot_runner(RUNNER)
     try:
         run_state_machine_as_test(

@@ -20,12 +20,13 @@ import pytest
 import redis
 
 import scheduled_prompts as sp
-from scheduled_prompts import engine, maintenance
+from scheduled_prompts import engine, hydration
 from scheduled_prompts._time import from_ms, to_iso, to_ms, utcnow
 from scheduled_prompts.connection import context, get_redis
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
+from scheduled_prompts.plans import run
 from scheduled_prompts.store import Context
 from tests.redis_server import RedisServer
 
@@ -93,7 +94,7 @@ class Env:
 
     def hydrate(self, now: datetime, **kw: Any) -> tuple[int, list[Delivery]]:
         out: list[Delivery] = []
-        count = maintenance.hydrate(self.client, self.ctx, out.extend, now=now, **kw)
+        count = run(hydration.hydrate(self.ctx, now, **kw), self.client, out.extend)
         return count, out
 
     def raw(self, prompt: sp.ScheduledPrompt) -> str | None:
@@ -741,7 +742,7 @@ def test_hydrate_with_lock_held_by_another_worker_does_nothing(env: Env) -> None
 def test_hydrate_promotes_every_due_prompt_when_one_is_also_in_flight(
     env: Env, runner: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(maintenance, "_CHUNK", 2)  # page boundaries with few prompts
+    monkeypatch.setattr(hydration, "_CHUNK", 2)  # page boundaries with few prompts
     x = once(delay=60)  # in flight
     d = Delivery.from_key(sp.trigger_prompt(x.id))
     assert env.deliver(d, now=from_ms(d.occurrence_ms)).outcome is Outcome.DELIVERED

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import scheduled_prompts as sp
-from scheduled_prompts import store, validation
+from scheduled_prompts import ids, store
 from scheduled_prompts.connection import get_redis
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.models import _COMPACT, ScheduledPrompt
@@ -25,23 +25,23 @@ _STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 def reference_id(value: int) -> str:
     """The id encoding by its definition: 128 bits as base32, Crockford's digits."""
-    table = bytes.maketrans(_STANDARD, validation._CROCKFORD.encode())
+    table = bytes.maketrans(_STANDARD, ids._CROCKFORD.encode())
     return base64.b32encode((value << 6).to_bytes(17, "big"))[:26].translate(table).decode()
 
 
 @given(st.integers(0, 2**128 - 1))
 def test_id_encoding_is_base32_of_the_128_bits(value: int) -> None:
-    assert validation._encode_ids([value]) == [reference_id(value)]
+    assert ids._encode([value]) == [reference_id(value)]
 
 
 def test_bulk_ids_are_unique_and_sort_in_creation_order() -> None:
-    first = validation.new_prompt_id()
-    bulk = validation.new_prompt_ids(5_000)
-    last = validation.new_prompt_id()
-    ids = [first, *bulk, last]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert all(len(i) == 26 and set(i) <= set(validation._CROCKFORD) for i in ids)
-    assert validation.new_prompt_ids(0) == []
+    (first,) = ids.new_prompt_ids(1)
+    bulk = ids.new_prompt_ids(5_000)
+    (last,) = ids.new_prompt_ids(1)
+    made = [first, *bulk, last]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(len(i) == 26 and set(i) <= set(ids._CROCKFORD) for i in made)
+    assert ids.new_prompt_ids(0) == []
 
 
 def as_dict_json(record: ScheduledPrompt) -> str:

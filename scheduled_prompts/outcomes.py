@@ -1,0 +1,30 @@
+"""What a delivery attempt came to: the outcome a ``deliver`` task maps to a retry or to
+nothing more, with the delay and the record it left."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .models import ScheduledPrompt
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"  # stale, gone, already done: nothing to do
+    BUSY = "busy"  # another deliverer holds the lease
+    RETRY = "retry"  # runner failed, retry later
+    FAILED = "failed"  # runner failed for good: recorded
+    MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
+    NO_RUNNER = "no_runner"  # left pending
+    DEFERRED = "deferred"  # not run: the worker is stopping; its lease released
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    retry_in: float = 0.0
+    error: str | None = None
+    record: ScheduledPrompt | None = None
+    #: The occurrence delivered (after coalescing); retries pass it back unchanged.
+    occurrence_ms: int | None = None
