@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from .. import configure
 from ..errors import PromptError
+from ..settings import configure
+from . import doctor, ops, prompts, up
 from .common import CliError
 
 
@@ -61,5 +62,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-# Commands register themselves on ``cli`` when their modules are imported.
-from . import doctor, ops, prompts, up  # noqa: E402, F401
+for _module in (prompts, ops, doctor, up):
+    for _command in _module.commands:
+        cli.add_command(_command)

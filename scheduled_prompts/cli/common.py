@@ -22,6 +22,19 @@ class CliError(click.ClickException):
     exit_code = 2
 
 
+class Commands(list[click.Command]):
+    """A module's commands, which ``cli/__init__.py`` adds to the ``scheduled-prompts``
+    group (so no command module imports the group: no import cycle)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+        def register(func: Callable[..., Any]) -> click.Command:
+            command: click.Command = click.command(*args, **kwargs)(func)
+            self.append(command)
+            return command
+
+        return register
+
+
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
 

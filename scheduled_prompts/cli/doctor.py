@@ -16,8 +16,9 @@ from ..connection import client_kwargs
 from ..keys import Keys
 from ..runners import load_runner
 from ..settings import Settings, get_settings, mask_url
-from . import cli
-from .common import json_option, print_json
+from .common import Commands, json_option, print_json
+
+commands = Commands()
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _store_problem(settings: Settings) -> str | None:
     return None if problem is None else f"Redis {problem}"
 
 
-@cli.command()
+@commands.command()
 @json_option
 @click.option(
     "--probe",

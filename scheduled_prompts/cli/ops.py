@@ -17,8 +17,9 @@ from ..models import RecordError, ScheduledPrompt, Status
 from ..occurrences import Delivery
 from ..store import Put
 from ..validation import check_record
-from . import cli
-from .common import CliError, json_option, print_json, table
+from .common import CliError, Commands, json_option, print_json, table
+
+commands = Commands()
 
 PAGE = 1000
 
@@ -69,7 +70,7 @@ def _guard(func: Any) -> Any:
     return wrapper
 
 
-@cli.command()
+@commands.command()
 @json_option
 @_guard
 def stats(as_json: bool) -> None:
@@ -116,7 +117,7 @@ def stats(as_json: bool) -> None:
     table(["", "VALUE"], rows)
 
 
-@cli.command()
+@commands.command()
 @click.option("--days", type=click.FloatRange(0, 36500), help="Keep this many days [CLEANUP_DAYS].")
 @json_option
 def cleanup(days: float | None, as_json: bool) -> None:
@@ -131,7 +132,7 @@ def cleanup(days: float | None, as_json: bool) -> None:
         click.echo(result["message"])
 
 
-@cli.command()
+@commands.command()
 @click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
 @click.option("--limit", type=click.IntRange(0), help="Most to publish [HYDRATE_LIMIT].")
 @json_option
@@ -147,7 +148,7 @@ def hydrate(platforms: tuple[str, ...], limit: int | None, as_json: bool) -> Non
         click.echo(f"published {count} occurrence(s)")
 
 
-@cli.command("export")
+@commands.command("export")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
 @_guard
 def export(output: IO[str]) -> None:
@@ -174,7 +175,7 @@ def export(output: IO[str]) -> None:
     _summary("exported", written, skipped)
 
 
-@cli.command("import")
+@commands.command("import")
 @click.argument("source", type=click.File("r"))
 @_guard
 def import_(source: IO[str]) -> None:

@@ -13,11 +13,22 @@ from .. import api
 from .._time import utcnow
 from ..models import ScheduledPrompt, Status
 from ..schedules import localize, parse_cron, preview_schedule
-from . import cli
-from .common import CliError, clip, json_option, local, print_json, schedule_text, table, utc
+from .common import (
+    CliError,
+    Commands,
+    clip,
+    json_option,
+    local,
+    print_json,
+    schedule_text,
+    table,
+    utc,
+)
+
+commands = Commands()
 
 
-@cli.command()
+@commands.command()
 @click.argument("prompt")
 @click.option("--user", "user_id", required=True, help="Owner of the prompt.")
 @click.option("--platform", required=True, help="Platform the runner delivers to.")
@@ -51,7 +62,7 @@ def add(prompt: str, as_json: bool, metadata: str | None, **options: Any) -> Non
     show_record(record, as_json)
 
 
-@cli.command("list")
+@commands.command("list")
 @click.option("--user", "user_id", help="Only this user's prompts.")
 @click.option("--platform", help="Only this platform.")
 @click.option(
@@ -99,7 +110,7 @@ def list_(
         click.echo(f"\nmore: --cursor {page.next_cursor}")
 
 
-@cli.command()
+@commands.command()
 @click.argument("prompt_id")
 @json_option
 def show(prompt_id: str, as_json: bool) -> None:
@@ -129,7 +140,7 @@ def show_record(record: ScheduledPrompt, as_json: bool) -> None:
 
 
 def _change(name: str, verb: Callable[..., ScheduledPrompt], doc: str) -> None:
-    @cli.command(name, help=doc)
+    @commands.command(name, help=doc)
     @click.argument("prompt_id")
     @click.option("--user", "user_id", help="Act only if the prompt belongs to this user.")
     @json_option
@@ -146,7 +157,7 @@ _change("pause", api.pause_prompt, "Pause a prompt until resumed.")
 _change("resume", api.resume_prompt, "Resume a paused prompt (next run computed from now).")
 
 
-@cli.command()
+@commands.command()
 @click.argument("prompt_id")
 @click.option("--user", "user_id", help="Act only if the prompt belongs to this user.")
 @json_option
@@ -159,7 +170,7 @@ def trigger(prompt_id: str, user_id: str | None, as_json: bool) -> None:
         click.echo(f"triggered {prompt_id}: delivery {key} queued")
 
 
-@cli.command()
+@commands.command()
 @click.argument("cron")
 @click.option("--tz", "timezone", default="UTC", show_default=True, help="IANA timezone.")
 @click.option("--count", type=click.IntRange(1, 1000), default=10, show_default=True)

@@ -19,8 +19,9 @@ import click
 
 from .. import embedded
 from ..settings import get_settings, mask_url
-from . import cli
-from .common import CliError
+from .common import CliError, Commands
+
+commands = Commands()
 
 DEFAULT_RUNNER = "scheduled_prompts.runners:LogRunner"
 
@@ -161,7 +162,7 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "scheduled_prompts", *args]
 
 
-@cli.command(
+@commands.command(
     help=f"""Run worker and beat in the foreground (Ctrl-C stops them).
 
     \b
