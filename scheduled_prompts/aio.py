@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
 
-from . import api, engine, hydration, plans, retention
+from . import api, engine, hydration, operations, plans, retention
 from ._time import utcnow
 from .api import Verb, present, publish
 from .connection import client_kwargs, context
 from .errors import PromptError, StoreUnavailable
+from .models import ScheduledPrompt
+from .operations import ExportPage, ImportResult
 from .plans import Plan
 from .settings import get_settings, mask_url
 
@@ -108,12 +110,58 @@ async def hydrate_scheduled_prompts(
     return await arun(plan, redis)
 
 
+async def get_stats(
+    redis: AsyncRedis | None = None, *, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Counts by status, the due backlog, in-flight occurrences, the oldest lateness and
+    the last tick; ``progress(n)`` is called after each page of ``n`` records read."""
+    return await arun(operations.stats(context(), utcnow(), progress), redis)
+
+
+async def export_prompts(
+    redis: AsyncRedis | None = None, *, on_page: Callable[[ExportPage], None] | None = None
+) -> AsyncIterator[ScheduledPrompt]:
+    """Every stored prompt in id order, read a page at a time (unreadable ones skipped:
+    ``on_page`` sees each page, with what it skipped and why, before its records)."""
+    own = new_async_redis() if redis is None else None
+    client = redis or own
+    assert client is not None
+    try:
+        after: str | None = None
+        while True:
+            page = await arun(operations.export_page(context(), after), client)
+            if on_page is not None:
+                on_page(page)
+            for record in page.records:
+                yield record
+            if page.after is None:
+                return
+            after = page.after
+    finally:
+        if own is not None:
+            await own.aclose()
+
+
+async def import_prompts(
+    records: Iterable[ScheduledPrompt], redis: AsyncRedis | None = None
+) -> ImportResult:
+    """Store exported records, each checked as ``schedule_prompt`` checks its input and
+    held to the per-user quota; an id that exists is kept as it is."""
+    result = ImportResult()
+    for chunk in operations.chunked(records):
+        result.merge(await arun(operations.import_records(context(), chunk, utcnow()), redis))
+    return result
+
+
 __all__ = [
     "arun",
     "cancel_prompt",
     "cleanup_expired_prompts",
+    "export_prompts",
     "get_prompt",
+    "get_stats",
     "hydrate_scheduled_prompts",
+    "import_prompts",
     "list_prompts",
     "new_async_redis",
     "pause_prompt",

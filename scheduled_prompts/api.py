@@ -14,18 +14,19 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from redis import Redis
 
-from . import engine, hydration, plans, retention, verbs
+from . import engine, hydration, operations, plans, retention, verbs
 from ._time import utcnow
 from .connection import context, get_redis
 from .errors import PromptError
 from .models import ScheduledPrompt, Status
 from .occurrences import Delivery
+from .operations import ExportPage, ImportResult
 from .plans import Plan
 from .verbs import PromptPage
 
@@ -219,3 +220,39 @@ def hydrate_scheduled_prompts(
     """Hand surviving occurrences to Celery again; returns how many were published."""
     plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
     return run(plan, redis)
+
+
+def get_stats(
+    redis: Redis | None = None, *, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Counts by status, the due backlog, in-flight occurrences, the oldest lateness and
+    the last tick (``scheduled-prompts stats``). Reads every record once, a page at a
+    time; ``progress(n)`` is called after each page of ``n``."""
+    return run(operations.stats(context(), utcnow(), progress), redis)
+
+
+def export_prompts(
+    redis: Redis | None = None, *, on_page: Callable[[ExportPage], None] | None = None
+) -> Iterator[ScheduledPrompt]:
+    """Every stored prompt in id order, read a page at a time (``scheduled-prompts
+    export``). Unreadable records are skipped: ``on_page`` sees each page, with what it
+    skipped and why, before its records are yielded."""
+    after: str | None = None
+    while True:
+        page = run(operations.export_page(context(), after), redis)
+        if on_page is not None:
+            on_page(page)
+        yield from page.records
+        if page.after is None:
+            return
+        after = page.after
+
+
+def import_prompts(records: Iterable[ScheduledPrompt], redis: Redis | None = None) -> ImportResult:
+    """Store records from :func:`export_prompts` (``scheduled-prompts import``): each
+    checked as :func:`schedule_prompt` checks its input and held to the per-user quota;
+    an id that exists is kept as it is (counted in ``skipped``)."""
+    result = ImportResult()
+    for chunk in operations.chunked(records):
+        result.merge(run(operations.import_records(context(), chunk, utcnow()), redis))
+    return result

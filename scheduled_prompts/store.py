@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ._time import to_ms
 from .keys import Keys
@@ -496,6 +496,26 @@ class Command(Op):
 
     async def arun(self, redis: AsyncRedis) -> Any:
         return await redis.execute_command(*self.args)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class Refusable(Op):
+    """``op``, whose refusal by Redis (an error reply, e.g. a disabled command) is its
+    result instead of an error; a lost connection still raises."""
+
+    op: Op
+
+    def run(self, redis: Redis) -> Any:
+        try:
+            return self.op.run(redis)
+        except ResponseError as exc:
+            return exc
+
+    async def arun(self, redis: AsyncRedis) -> Any:
+        try:
+            return await self.op.arun(redis)
+        except ResponseError as exc:
+            return exc
 
 
 @dataclass(frozen=True)

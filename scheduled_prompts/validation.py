@@ -195,8 +195,7 @@ def resolve_schedule(req: ScheduleRequest, now: datetime) -> ResolvedSchedule:
         )
         if bound is not None:
             raise InvalidSchedule(
-                f"{bound} bounds a cron schedule; a one-time prompt (at=/delay=) "
-                "does not take it"
+                f"{bound} bounds a cron schedule; a one-time prompt (at=/delay=) does not take it"
             )
         if req.at is not None:
             when = resolve_at(req.at, zone.key, now)

@@ -638,6 +638,19 @@ def test_export_writes_one_json_line_per_prompt(redis_url: str) -> None:
     assert result.stderr.strip() == "exported 4 prompt(s)"
 
 
+def test_export_skips_an_unreadable_record_names_it_and_counts_it(
+    r: redis.Redis, redis_url: str
+) -> None:
+    ids = _mixed()
+    r.set(K.prompt("broken"), "{not json")
+    r.zadd(K.ids, {"broken": 0})
+    result = ok("export")
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids
+    err = result.stderr.splitlines()
+    assert err[0].startswith(f"skipped {K.prompt('broken')}: unreadable (")
+    assert err[-1].startswith("exported 4 prompt(s); skipped 1 unreadable (")
+
+
 def test_export_then_import_into_another_prefix_restores_identical_records(
     r: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import click
 import redis
 from redis.exceptions import RedisError
 
-from .. import pulse
-from ..connection import client_kwargs
-from ..keys import Keys
+from .. import api, operations, pulse
+from .._time import utcnow
+from ..connection import client_kwargs, context
+from ..operations import Check
 from ..runners import load_runner
 from ..settings import Settings, get_settings, mask_url
 from .common import Commands, json_option, print_json
@@ -21,44 +20,8 @@ from .common import Commands, json_option, print_json
 commands = Commands()
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
 def _redis_checks(settings: Settings, client: redis.Redis) -> list[Check]:
-    checks: list[Check] = []
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
-        checks.append(
-            Check(
-                "maxmemory-policy",
-                policy == "noeviction",
-                f"{policy}" + ("" if policy == "noeviction" else ": Redis may evict prompts; "
-                               "set maxmemory-policy noeviction"),
-            )
-        )  # fmt: skip
-        config = client.config_get("appendonly") | client.config_get("save")
-        aof = config.get("appendonly") == "yes"
-        save = config.get("save", "")
-        detail = "AOF on" if aof else (f"RDB snapshots ({save}); AOF recommended" if save else "")
-        checks.append(
-            Check("persistence", bool(aof or save), detail or "off: a restart loses every prompt")
-        )
-    except RedisError as exc:
-        checks.append(Check("redis config", False, f"CONFIG GET refused ({exc}); check by hand"))
-    last = client.get(Keys(settings.key_prefix).beat)
-    if last is None:
-        checks.append(Check("beat", False, "no tick recorded: is `celery beat` running?"))
-    else:
-        age = time.time() - int(last) / 1000
-        fresh = age <= 3 * settings.tick_seconds + 5
-        checks.append(
-            Check("beat", fresh, f"last tick {age:.0f}s ago (every {settings.tick_seconds:g}s)")
-        )
-    return checks
+    return api.run(operations.store_health(context(), utcnow()), client)
 
 
 def _visibility(settings: Settings) -> Check:
