@@ -134,9 +134,21 @@ class Cluster:
             time.sleep(0.1)
 
     def wait_for_keys(self, keys: set[str], timeout: float) -> None:
+        """Until the runner returned for every key and each delivery was committed (the
+        runner returns before the commit lands: a record read in between is not moved
+        on yet)."""
         self.wait_until(
-            lambda: keys <= {c["key"] for c in self.calls("end")}, timeout, "deliveries"
+            lambda: keys <= {c["key"] for c in self.calls("end")} and self.committed(keys),
+            timeout,
+            "deliveries",
         )
+
+    def committed(self, keys: set[str]) -> bool:
+        """Whether none of ``keys`` is still in flight in the store."""
+        ordered = sorted(keys)
+        client = scheduled_prompts.connection.get_redis()
+        scores = client.zmscore(scheduled_prompts.connection.context().keys.inflight, ordered)
+        return all(score is None for score in scores)
 
     def duplicates(self) -> dict[str, int]:
         counts = Counter(c["key"] for c in self.calls())
