@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from . import api, engine, hydration, operations, plans, retention
 from ._time import utcnow
 from .api import Verb, present, publish
-from .connection import client_kwargs, context
+from .connection import client_kwargs, scope
 from .errors import PromptError, StoreUnavailable
 from .models import ScheduledPrompt
 from .operations import ExportPage, ImportResult
@@ -85,7 +85,7 @@ async def cleanup_expired_prompts(
     ``{"error": …}``. Live prompts and unreadable records are left alone.
     """
     try:
-        return await arun(retention.report(context(), days_to_keep, utcnow()), redis)
+        return await arun(retention.report(scope(), days_to_keep, utcnow()), redis)
     except PromptError as exc:  # the store is unreachable
         return json.dumps({"error": str(exc)})
 
@@ -97,7 +97,7 @@ async def tick_scheduled_prompts(
 
     Returns ``{"promoted": n, "redriven": m}``.
     """
-    return await arun(engine.tick_plan(context(), now or utcnow()), redis)
+    return await arun(engine.tick_plan(scope(), now or utcnow()), redis)
 
 
 async def hydrate_scheduled_prompts(
@@ -106,7 +106,7 @@ async def hydrate_scheduled_prompts(
     limit: int = 500,
 ) -> int:
     """Hand surviving occurrences to Celery again; returns how many were published."""
-    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    plan = hydration.hydrate(scope(), utcnow(), active_platforms=active_platforms, limit=limit)
     return await arun(plan, redis)
 
 
@@ -115,7 +115,7 @@ async def get_stats(
 ) -> dict[str, Any]:
     """Counts by status, the due backlog, in-flight occurrences, the oldest lateness and
     the last tick; ``progress(n)`` is called after each page of ``n`` records read."""
-    return await arun(operations.stats(context(), utcnow(), progress), redis)
+    return await arun(operations.stats(scope(), utcnow(), progress), redis)
 
 
 async def export_prompts(
@@ -129,7 +129,7 @@ async def export_prompts(
     try:
         after: str | None = None
         while True:
-            page = await arun(operations.export_page(context(), after), client)
+            page = await arun(operations.export_page(scope(), after), client)
             if on_page is not None:
                 on_page(page)
             for record in page.records:
@@ -149,7 +149,7 @@ async def import_prompts(
     held to the per-user quota; an id that exists is kept as it is."""
     result = ImportResult()
     for chunk in operations.chunked(records):
-        result.merge(await arun(operations.import_records(context(), chunk, utcnow()), redis))
+        result.merge(await arun(operations.import_records(scope(), chunk, utcnow()), redis))
     return result
 
 

@@ -22,7 +22,7 @@ from redis import Redis
 
 from . import engine, hydration, operations, plans, retention, verbs
 from ._time import utcnow
-from .connection import context, get_redis
+from .connection import get_redis, scope
 from .errors import PromptError
 from .models import ScheduledPrompt, Status
 from .occurrences import Delivery
@@ -114,7 +114,7 @@ def schedule_prompt(
         "metadata": metadata,
         "prompt_id": prompt_id,
     }
-    return verbs.create(context(), spec, utcnow())
+    return verbs.create(scope(), spec, utcnow())
 
 
 @verb
@@ -124,13 +124,13 @@ def schedule_many(specs: Iterable[Mapping[str, Any]]) -> Plan[list[ScheduledProm
     Every spec is validated before anything is written (one bad spec rejects the call,
     naming its index); the writes are pipelined in batches.
     """
-    return verbs.create_many(context(), list(specs), utcnow())
+    return verbs.create_many(scope(), list(specs), utcnow())
 
 
 @verb
 def get_prompt(prompt_id: str) -> Plan[ScheduledPrompt | None]:
     """The prompt with this id, or None."""
-    return verbs.get(context(), prompt_id)
+    return verbs.get(scope(), prompt_id)
 
 
 @verb
@@ -147,26 +147,26 @@ def list_prompts(
     With ``user_id`` the cost is proportional to that user's prompts only.
     """
     return verbs.list_page(
-        context(), user_id=user_id, platform=platform, status=status, limit=limit, cursor=cursor
+        scope(), user_id=user_id, platform=platform, status=status, limit=limit, cursor=cursor
     )
 
 
 @verb
 def cancel_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
     """Cancel a live or paused prompt; a pending delivery will not happen."""
-    return verbs.cancel(context(), prompt_id, user_id, utcnow())
+    return verbs.cancel(scope(), prompt_id, user_id, utcnow())
 
 
 @verb
 def pause_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
     """Stop a prompt from firing until :func:`resume_prompt`."""
-    return verbs.pause(context(), prompt_id, user_id, utcnow())
+    return verbs.pause(scope(), prompt_id, user_id, utcnow())
 
 
 @verb
 def resume_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[ScheduledPrompt]:
     """Resume a paused prompt; its next run is computed from now (no burst of misses)."""
-    return verbs.resume(context(), prompt_id, user_id, utcnow())
+    return verbs.resume(scope(), prompt_id, user_id, utcnow())
 
 
 @verb
@@ -177,7 +177,7 @@ def update_prompt(
 
     A rescheduled prompt's old occurrence never fires.
     """
-    return verbs.update(context(), prompt_id, user_id, changes, utcnow())
+    return verbs.update(scope(), prompt_id, user_id, changes, utcnow())
 
 
 @verb
@@ -187,7 +187,7 @@ def trigger_prompt(prompt_id: str, *, user_id: str | None = None) -> Plan[str]:
     Counted in ``run_count`` but not against ``max_runs``. Returns the delivery's
     idempotency key, ``"{id}:trigger:{epoch_ms}"``.
     """
-    return verbs.trigger(context(), prompt_id, user_id, utcnow())
+    return verbs.trigger(scope(), prompt_id, user_id, utcnow())
 
 
 def cleanup_expired_prompts(redis: Redis | None = None, *, days_to_keep: float = 30) -> str:
@@ -197,7 +197,7 @@ def cleanup_expired_prompts(redis: Redis | None = None, *, days_to_keep: float =
     ``{"error": …}``. Live prompts and unreadable records are left alone.
     """
     try:
-        return run(retention.report(context(), days_to_keep, utcnow()), redis)
+        return run(retention.report(scope(), days_to_keep, utcnow()), redis)
     except PromptError as exc:  # the store is unreachable
         return json.dumps({"error": str(exc)})
 
@@ -209,7 +209,7 @@ def tick_scheduled_prompts(
 
     Returns ``{"promoted": n, "redriven": m}``.
     """
-    return run(engine.tick_plan(context(), now or utcnow()), redis)
+    return run(engine.tick_plan(scope(), now or utcnow()), redis)
 
 
 def hydrate_scheduled_prompts(
@@ -218,7 +218,7 @@ def hydrate_scheduled_prompts(
     limit: int = 500,
 ) -> int:
     """Hand surviving occurrences to Celery again; returns how many were published."""
-    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    plan = hydration.hydrate(scope(), utcnow(), active_platforms=active_platforms, limit=limit)
     return run(plan, redis)
 
 
@@ -228,7 +228,7 @@ def get_stats(
     """Counts by status, the due backlog, in-flight occurrences, the oldest lateness and
     the last tick (``scheduled-prompts stats``). Reads every record once, a page at a
     time; ``progress(n)`` is called after each page of ``n``."""
-    return run(operations.stats(context(), utcnow(), progress), redis)
+    return run(operations.stats(scope(), utcnow(), progress), redis)
 
 
 def export_prompts(
@@ -239,7 +239,7 @@ def export_prompts(
     skipped and why, before its records are yielded."""
     after: str | None = None
     while True:
-        page = run(operations.export_page(context(), after), redis)
+        page = run(operations.export_page(scope(), after), redis)
         if on_page is not None:
             on_page(page)
         yield from page.records
@@ -254,5 +254,5 @@ def import_prompts(records: Iterable[ScheduledPrompt], redis: Redis | None = Non
     an id that exists is kept as it is (counted in ``skipped``)."""
     result = ImportResult()
     for chunk in operations.chunked(records):
-        result.merge(run(operations.import_records(context(), chunk, utcnow()), redis))
+        result.merge(run(operations.import_records(scope(), chunk, utcnow()), redis))
     return result

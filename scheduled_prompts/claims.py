@@ -23,7 +23,7 @@ from ._time import to_ms
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
 from .occurrences import Delivery, redrive_delay
 from .outcomes import Outcome, Result
-from .store import Context
+from .store import Scope
 
 log = logging.getLogger("scheduled_prompts.claims")
 
@@ -46,7 +46,7 @@ Change = Callable[[ScheduledPrompt], ScheduledPrompt]
 class Claims:
     """The claims of one delivery task (one token for all of them)."""
 
-    def __init__(self, client: redis.Redis, ctx: Context) -> None:
+    def __init__(self, client: redis.Redis, ctx: Scope) -> None:
         self.client = client
         self.ctx = ctx
         self.token = secrets.token_hex(8)

@@ -10,7 +10,7 @@ import redis
 from .errors import StoreUnavailable
 from .keys import Keys
 from .settings import Settings, get_settings, mask_url, on_reset
-from .store import Context
+from .store import Scope
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
@@ -49,9 +49,9 @@ def _reset() -> None:
 on_reset(_reset)
 
 
-def context() -> Context:
+def scope() -> Scope:
     settings = get_settings()
-    return Context(Keys(settings.key_prefix), settings)
+    return Scope(Keys(settings.key_prefix), settings)
 
 
 def unavailable(exc: BaseException, settings: Settings | None = None) -> StoreUnavailable:

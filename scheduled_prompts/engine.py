@@ -36,7 +36,7 @@ from .outcomes import Outcome, Result
 from .plans import Enqueue, Plan, run
 from .runners import call_runner, get_runner
 from .schedules import next_cron_run, parse_cron
-from .store import Context
+from .store import Scope
 
 __all__ = [
     "DONE_TTL",
@@ -54,13 +54,13 @@ log = logging.getLogger("scheduled_prompts.engine")
 
 
 def tick(
-    client: redis.Redis, ctx: Context, publish: Publish, now: datetime | None = None
+    client: redis.Redis, ctx: Scope, publish: Publish, now: datetime | None = None
 ) -> dict[str, int]:
     """Run :func:`tick_plan` on ``client`` (what beat's ``scheduled_prompts.tick`` does)."""
     return run(tick_plan(ctx, now or utcnow()), client, publish)
 
 
-def tick_plan(ctx: Context, now: datetime) -> Plan[dict[str, int]]:
+def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     """Promote what is due within the horizon and re-drive what overran its deadline.
 
     Costs O(due + overdue): both are range reads on sorted sets. A broker that refuses
@@ -98,7 +98,7 @@ def backoff(attempt: int) -> float:
 
 def deliver(
     client: redis.Redis,
-    ctx: Context,
+    ctx: Scope,
     delivery: Delivery,
     *,
     attempt: int = 1,
@@ -115,7 +115,7 @@ def deliver(
 
 def deliver_many(
     client: redis.Redis,
-    ctx: Context,
+    ctx: Scope,
     deliveries: Sequence[Delivery],
     *,
     now: datetime | None = None,
@@ -137,7 +137,7 @@ def deliver_many(
     return _deliver(client, ctx, deliveries, 1, None, fixed_now=now, stopping=stopping)
 
 
-def siblings(client: redis.Redis, ctx: Context, delivery: Delivery, limit: int) -> list[Delivery]:
+def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) -> list[Delivery]:
     """Up to ``limit`` other occurrences due at the same instant, waiting in flight for
     tasks of their own (published one by one, as writes do for what is due soon).
 
@@ -163,7 +163,7 @@ COMMIT_EVERY = 0.05
 
 def _deliver(
     client: redis.Redis,
-    ctx: Context,
+    ctx: Scope,
     deliveries: Sequence[Delivery],
     attempt: int,
     coalesced_ms: int | None,

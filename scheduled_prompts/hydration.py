@@ -10,7 +10,7 @@ from datetime import datetime
 from . import store
 from .occurrences import Delivery, horizon_ms, parse_promoted, promote_op
 from .plans import Enqueue, Plan
-from .store import Context
+from .store import Scope
 
 log = logging.getLogger("scheduled_prompts.hydration")
 
@@ -20,7 +20,7 @@ _CHUNK = 500
 
 
 def hydrate(
-    ctx: Context,
+    ctx: Scope,
     now: datetime,
     *,
     active_platforms: Iterable[str] | None = None,
@@ -80,7 +80,7 @@ def hydrate(
 
 
 def _on_platforms(
-    ctx: Context, batch: list[Delivery], platforms: set[str] | None
+    ctx: Scope, batch: list[Delivery], platforms: set[str] | None
 ) -> Plan[list[Delivery]]:
     if platforms is None or not batch:
         return batch

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import store
 from ._time import from_ms, to_ms
-from .store import Context
+from .store import Scope
 
 log = logging.getLogger("scheduled_prompts.occurrences")
 
@@ -68,19 +68,17 @@ def hand_over(publish: Publish, deliveries: Sequence[Delivery]) -> int:
     return len(deliveries)
 
 
-def horizon_ms(ctx: Context, now: datetime) -> int:
+def horizon_ms(ctx: Scope, now: datetime) -> int:
     """The end of the promotion horizon, in epoch milliseconds."""
     return to_ms(now) + int(ctx.settings.horizon_seconds * 1000)
 
 
-def redrive_delay(ctx: Context) -> int:
+def redrive_delay(ctx: Scope) -> int:
     """Milliseconds after an occurrence (or a claim) before it may be re-driven."""
     return int((ctx.settings.lease_seconds + REDRIVE_SLACK.total_seconds()) * 1000)
 
 
-def promote_op(
-    ctx: Context, now: datetime, ids: Sequence[str] = (), limit: int = 1000
-) -> store.Eval:
+def promote_op(ctx: Scope, now: datetime, ids: Sequence[str] = (), limit: int = 1000) -> store.Eval:
     """The PROMOTE call for occurrences due within the horizon (only ``ids`` if given)."""
     return store.Eval(
         store.PROMOTE,

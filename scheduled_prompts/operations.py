@@ -19,7 +19,7 @@ from .errors import InvalidSchedule
 from .models import RecordError, ScheduledPrompt, Status
 from .occurrences import Delivery, horizon_ms
 from .plans import Plan
-from .store import Context, Put
+from .store import Put, Scope
 from .validation import check_record
 from .verbs import promote_now
 
@@ -27,13 +27,13 @@ from .verbs import promote_now
 PAGE = 1000
 
 
-def count(ctx: Context) -> Plan[int]:
+def count(ctx: Scope) -> Plan[int]:
     """How many prompts are stored."""
     return int((yield store.Command(("ZCARD", ctx.keys.ids))))
 
 
 def stats(
-    ctx: Context, now: datetime, progress: Callable[[int], None] | None = None
+    ctx: Scope, now: datetime, progress: Callable[[int], None] | None = None
 ) -> Plan[dict[str, Any]]:
     """Counts by status, the due backlog, in-flight occurrences, the oldest lateness and
     the last tick. Reads every record once, a page at a time (``progress(n)`` after each
@@ -89,7 +89,7 @@ class ExportPage:
     after: str | None
 
 
-def export_page(ctx: Context, after: str | None = None) -> Plan[ExportPage]:
+def export_page(ctx: Scope, after: str | None = None) -> Plan[ExportPage]:
     """One page of every stored prompt, after the id ``after``."""
     page = yield from _raw_page(ctx, after)
     records: list[ScheduledPrompt] = []
@@ -106,7 +106,7 @@ def export_page(ctx: Context, after: str | None = None) -> Plan[ExportPage]:
     return ExportPage(records, skipped, len(page), more)
 
 
-def _raw_page(ctx: Context, after: str | None) -> Plan[list[tuple[str, str | None]]]:
+def _raw_page(ctx: Scope, after: str | None) -> Plan[list[tuple[str, str | None]]]:
     ids = yield store.RangeByLex(ctx.keys.ids, after, PAGE)
     if not ids:
         return []
@@ -116,7 +116,7 @@ def _raw_page(ctx: Context, after: str | None) -> Plan[list[tuple[str, str | Non
     ]
 
 
-def parse_export_line(line: str, ctx: Context) -> ScheduledPrompt:
+def parse_export_line(line: str, ctx: Scope) -> ScheduledPrompt:
     """One line of an export as a record, with the checks ``schedule_prompt`` applies.
 
     Raises :class:`InvalidSchedule` (what is wrong) or :class:`RecordError` (not a
@@ -156,7 +156,7 @@ def chunked(records: Iterable[ScheduledPrompt]) -> Iterator[list[ScheduledPrompt
 
 
 def import_records(
-    ctx: Context, records: Sequence[ScheduledPrompt], now: datetime
+    ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime
 ) -> Plan[ImportResult]:
     """Store records made elsewhere (an export), keeping every existing id as it is.
 
@@ -195,7 +195,7 @@ class Check:
     detail: str
 
 
-def store_health(ctx: Context, now: datetime) -> Plan[list[Check]]:
+def store_health(ctx: Scope, now: datetime) -> Plan[list[Check]]:
     """Eviction policy, persistence, and how fresh beat's last tick is."""
     checks: list[Check] = []
     config: dict[str, str] = {}

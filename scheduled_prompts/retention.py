@@ -10,10 +10,10 @@ from . import store
 from ._time import to_ms
 from .models import ScheduledPrompt
 from .plans import Plan
-from .store import Context
+from .store import Scope
 
 
-def cleanup(ctx: Context, days_to_keep: object, now: datetime) -> Plan[dict[str, Any]]:
+def cleanup(ctx: Scope, days_to_keep: object, now: datetime) -> Plan[dict[str, Any]]:
     """Delete terminal prompts finished more than ``days_to_keep`` days ago: O(expired)."""
     if (
         isinstance(days_to_keep, bool)
@@ -55,6 +55,6 @@ def cleanup(ctx: Context, days_to_keep: object, now: datetime) -> Plan[dict[str,
     }
 
 
-def report(ctx: Context, days_to_keep: object, now: datetime) -> Plan[str]:
+def report(ctx: Scope, days_to_keep: object, now: datetime) -> Plan[str]:
     """:func:`cleanup` answered as the JSON text ``cleanup_expired_prompts`` returns."""
     return json.dumps((yield from cleanup(ctx, days_to_keep, now)))

@@ -37,7 +37,7 @@ CAS_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
-class Context:
+class Scope:
     """What every store operation needs: the key names and the settings."""
 
     keys: Keys

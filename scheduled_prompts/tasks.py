@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from . import engine, hydration, retention
 from ._time import utcnow
 from .celery_app import app
-from .connection import context, get_redis
+from .connection import get_redis, scope
 from .errors import RunnerNotConfigured, StoreUnavailable
 from .occurrences import Delivery, batches, hand_over
 from .outcomes import Outcome
@@ -63,7 +63,7 @@ def publish(deliveries: Sequence[Delivery]) -> None:
     :func:`~scheduled_prompts.occurrences.batches`).
     """
     now = utcnow()
-    settings = context().settings
+    settings = scope().settings
     groups = batches(deliveries, settings.deliver_batch_size, settings.deliver_batch_window_ms)
     with app.producer_or_acquire() as producer:
         for group in groups:
@@ -84,7 +84,7 @@ def publish(deliveries: Sequence[Delivery]) -> None:
 @app.task(name="scheduled_prompts.tick", ignore_result=True)
 def tick() -> dict[str, int]:
     """Promote occurrences due within the horizon; re-drive overdue ones."""
-    return engine.tick(get_redis(), context(), publish)
+    return engine.tick(get_redis(), scope(), publish)
 
 
 @app.task(name=DELIVER, bind=True, max_retries=None, ignore_result=True)
@@ -105,7 +105,7 @@ def deliver(
     by its own task, which otherwise finds it done).
     """
     delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger)
-    client, ctx = get_redis(), context()
+    client, ctx = get_redis(), scope()
     try:
         others: list[Delivery] = []
         if (
@@ -146,7 +146,7 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """
     deliveries = [Delivery(str(pid), int(ms)) for pid, ms in items]
     try:
-        results = engine.deliver_many(get_redis(), context(), deliveries, stopping=stopping)
+        results = engine.deliver_many(get_redis(), scope(), deliveries, stopping=stopping)
     except (RedisError, StoreUnavailable) as exc:
         # Every occurrence stays in flight in Redis; what was committed is skipped again.
         log.warning("Redis unavailable delivering a batch of %d: %s", len(deliveries), exc)
@@ -172,7 +172,7 @@ def _follow_up(d: Delivery, countdown: float, kwargs: dict[str, Any]) -> None:
 @app.task(name="scheduled_prompts.cleanup", ignore_result=True)
 def cleanup(days_to_keep: float | None = None) -> str:
     """Delete terminal prompts older than ``days_to_keep`` (default CLEANUP_DAYS)."""
-    ctx = context()
+    ctx = scope()
     days = ctx.settings.cleanup_days if days_to_keep is None else days_to_keep
     return run(retention.report(ctx, days, utcnow()), get_redis(), publish)
 
@@ -180,13 +180,13 @@ def cleanup(days_to_keep: float | None = None) -> str:
 @app.task(name="scheduled_prompts.hydrate", ignore_result=True)
 def hydrate(active_platforms: Iterable[str] | None = None, limit: int | None = None) -> int:
     """Hand surviving occurrences to Celery again (see :func:`hydration.hydrate`)."""
-    plan = hydration.hydrate(context(), utcnow(), active_platforms=active_platforms, limit=limit)
+    plan = hydration.hydrate(scope(), utcnow(), active_platforms=active_platforms, limit=limit)
     return run(plan, get_redis(), publish)
 
 
 @worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
-    settings = context().settings
+    settings = scope().settings
     try:
         get_runner("*")
     except RunnerNotConfigured:

@@ -23,7 +23,7 @@ from . import retention, verbs
 from ._time import to_iso, utcnow
 from .aio import arun
 from .api import run
-from .connection import context as store_context
+from .connection import scope
 from .errors import (
     ConflictingPrompt,
     InvalidSchedule,
@@ -396,7 +396,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
     waiting = yield from _count_waiting(ctx, settings.tool_max_active_prompts)
     if waiting >= settings.tool_max_active_prompts:
         raise QuotaExceeded(ctx.user_id, settings.tool_max_active_prompts)
-    record = yield from verbs.create(store_context(), spec, now)
+    record = yield from verbs.create(scope(), spec, now)
     return {"success": True, **_describe(record, ctx, now)}
 
 
@@ -409,7 +409,7 @@ def _count_waiting(ctx: ToolContext, enough: int) -> Plan[int]:
     count, cursor = 0, None
     while count < enough:
         page = yield from verbs.list_page(
-            store_context(),
+            scope(),
             user_id=ctx.user_id,
             platform=ctx.platform,
             status=WAITING,
@@ -444,7 +444,7 @@ WAITING = (Status.SCHEDULED, Status.ACTIVE, Status.PAUSED)
 
 def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
     page = yield from verbs.list_page(
-        store_context(),
+        scope(),
         user_id=ctx.user_id,
         platform=ctx.platform,
         status=args.get("status", WAITING),
@@ -461,7 +461,7 @@ def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler
 
 
 def _owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
-    record = yield from verbs.get(store_context(), prompt_id)
+    record = yield from verbs.get(scope(), prompt_id)
     # Another user's prompt (or another platform's user) looks exactly like no prompt.
     if record is None or record.user_id != ctx.user_id or record.platform != ctx.platform:
         raise PromptNotFound(prompt_id)
@@ -473,14 +473,14 @@ def _change(verb: Callable[..., Plan[ScheduledPrompt]]) -> HandlerFn:
         prompt_id = args["prompt_id"]
         yield from _owned(prompt_id, ctx)
         now = utcnow()
-        record = yield from verb(store_context(), prompt_id, ctx.user_id, now)
+        record = yield from verb(scope(), prompt_id, ctx.user_id, now)
         return {"success": True, **_describe(record, ctx, now)}
 
     return handler
 
 
 def _cleanup(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
-    result = yield from retention.cleanup(store_context(), args.get("days_to_keep", 30), utcnow())
+    result = yield from retention.cleanup(scope(), args.get("days_to_keep", 30), utcnow())
     return result
 
 

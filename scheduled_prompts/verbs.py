@@ -23,7 +23,7 @@ from .models import Kind, ScheduledPrompt, Status
 from .occurrences import Delivery, parse_promoted, promote_op, redrive_delay
 from .plans import Enqueue, Plan
 from .schedules import first_cron_run, parse_cron
-from .store import CAS_ATTEMPTS, Context, Put
+from .store import CAS_ATTEMPTS, Put, Scope
 from .validation import ScheduleRequest, apply_update, build_from_spec, same_request
 
 log = logging.getLogger("scheduled_prompts.verbs")
@@ -51,7 +51,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def promote_now(ctx: Context, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
+def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
     """Enqueue at once the written prompts due within the horizon (instead of at the next
     tick), so a prompt scheduled seconds ahead still fires on time."""
     horizon = now + timedelta(seconds=ctx.settings.horizon_seconds)
@@ -79,7 +79,7 @@ def _existing_or_conflict(
 
 
 def create(
-    ctx: Context, spec: Mapping[str, Any], now: datetime, *, quota: int | None = None
+    ctx: Scope, spec: Mapping[str, Any], now: datetime, *, quota: int | None = None
 ) -> Plan[ScheduledPrompt]:
     """Create one prompt. ``quota`` tightens MAX_PROMPTS_PER_USER for this call (tools)."""
     record, req = build_from_spec(spec, now, ctx.settings)
@@ -107,7 +107,7 @@ def _check_put(result: Sequence[Any], limit: int | None) -> str:
 
 
 def create_many(
-    ctx: Context, specs: Iterable[Mapping[str, Any]], now: datetime
+    ctx: Scope, specs: Iterable[Mapping[str, Any]], now: datetime
 ) -> Plan[list[ScheduledPrompt]]:
     """``schedule_many``: validate every spec first (all or nothing), then write in
     pipelined batches."""
@@ -184,7 +184,7 @@ def create_many(
     return out
 
 
-def get(ctx: Context, prompt_id: str) -> Plan[ScheduledPrompt | None]:
+def get(ctx: Scope, prompt_id: str) -> Plan[ScheduledPrompt | None]:
     if not isinstance(prompt_id, str):
         return None
     key = ctx.keys.prompt(prompt_id)
@@ -206,7 +206,7 @@ def _coerce_statuses(status: object) -> frozenset[Status] | None:
 
 
 def list_page(
-    ctx: Context,
+    ctx: Scope,
     *,
     user_id: str | None,
     platform: str | None,
@@ -251,7 +251,7 @@ def list_page(
 
 
 def _mutate(
-    ctx: Context,
+    ctx: Scope,
     prompt_id: str,
     user_id: str | None,
     change: Any,
@@ -298,7 +298,7 @@ def _refuse(record: ScheduledPrompt, action: str) -> ConflictingPrompt:
 
 
 def _stop(
-    ctx: Context,
+    ctx: Scope,
     prompt_id: str,
     user_id: str | None,
     now: datetime,
@@ -320,23 +320,17 @@ def _stop(
     return (yield from _mutate(ctx, prompt_id, user_id, change))
 
 
-def cancel(
-    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
-) -> Plan[ScheduledPrompt]:
+def cancel(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Plan[ScheduledPrompt]:
     return (
         yield from _stop(ctx, prompt_id, user_id, now, status=Status.CANCELLED, action="cancel")
     )
 
 
-def pause(
-    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
-) -> Plan[ScheduledPrompt]:
+def pause(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Plan[ScheduledPrompt]:
     return (yield from _stop(ctx, prompt_id, user_id, now, status=Status.PAUSED, action="pause"))
 
 
-def resume(
-    ctx: Context, prompt_id: str, user_id: str | None, now: datetime
-) -> Plan[ScheduledPrompt]:
+def resume(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Plan[ScheduledPrompt]:
     def change(record: ScheduledPrompt) -> ScheduledPrompt:
         if record.status.is_live:
             return record
@@ -360,7 +354,7 @@ def resume(
 
 
 def update(
-    ctx: Context,
+    ctx: Scope,
     prompt_id: str,
     user_id: str | None,
     changes: Mapping[str, Any],
@@ -374,7 +368,7 @@ def update(
     return (yield from _mutate(ctx, prompt_id, user_id, change))
 
 
-def trigger(ctx: Context, prompt_id: str, user_id: str | None, now: datetime) -> Plan[str]:
+def trigger(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Plan[str]:
     """One extra delivery now; returns its idempotency key ``{id}:trigger:{epoch_ms}``."""
     if not isinstance(prompt_id, str):
         raise PromptNotFound(repr(prompt_id))

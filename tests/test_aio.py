@@ -20,7 +20,7 @@ import scheduled_prompts as sp
 import scheduled_prompts.tasks
 from scheduled_prompts import aio, verbs
 from scheduled_prompts._time import to_ms, utcnow
-from scheduled_prompts.connection import context
+from scheduled_prompts.connection import scope
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
 from tests.redis_server import free_port
@@ -404,9 +404,9 @@ def test_a_callers_own_client_is_used_and_left_open(redis_url: str) -> None:
     async def use() -> sp.ScheduledPrompt | None:
         client = aio.new_async_redis()
         try:
-            p = await aio.arun(verbs.create(context(), SPEC, utcnow()), client)
+            p = await aio.arun(verbs.create(scope(), SPEC, utcnow()), client)
             assert await client.ping()  # still open: the caller owns it
-            return await aio.arun(verbs.get(context(), p.id), client)
+            return await aio.arun(verbs.get(scope(), p.id), client)
         finally:
             await client.aclose()
 

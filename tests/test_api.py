@@ -16,7 +16,7 @@ import redis
 import scheduled_prompts as sp
 from scheduled_prompts import api, engine
 from scheduled_prompts._time import to_ms, utcnow
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
@@ -476,9 +476,7 @@ def calls() -> Iterator[Calls]:
 
 def deliver_at(prompt_id: str, when: datetime) -> Outcome:
     """Deliver the occurrence of ``prompt_id`` at ``when`` (as its ETA task would)."""
-    return engine.deliver(
-        get_redis(), context(), Delivery(prompt_id, to_ms(when)), now=when
-    ).outcome
+    return engine.deliver(get_redis(), scope(), Delivery(prompt_id, to_ms(when)), now=when).outcome
 
 
 def test_update_at_moves_a_prompt_to_that_instant_and_its_old_time_never_fires(

@@ -19,7 +19,7 @@ import scheduled_prompts as sp
 from scheduled_prompts import claims, engine, store, tasks
 from scheduled_prompts._time import from_ms, to_ms, utcnow
 from scheduled_prompts.claims import Claimed, Claims
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery, batches
@@ -172,7 +172,7 @@ def test_batch_of_fifty_costs_one_claim_and_one_commit(
     for script in (store.CLAIM, store.COMMIT):
         client.script_load(script.source)  # so a first NOSCRIPT reply is not counted
     before = evalsha_calls(client)
-    results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
     assert evalsha_calls(client) - before == 2
     assert [r.outcome for r in results] == [Outcome.DELIVERED] * 50
     assert sorted(c["prompt_id"] for c in runner.calls) == sorted(p.id for p in ps)
@@ -181,7 +181,7 @@ def test_batch_of_fifty_costs_one_claim_and_one_commit(
         assert stored is not None and stored.status is sp.Status.EXECUTED
         assert result.record == stored
     assert client.zcard(K.inflight) == 0 and client.zcard(K.due) == 0
-    again = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    again = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
     assert {r.outcome for r in again} == {Outcome.SKIPPED} and len(runner.calls) == 50
 
 
@@ -195,7 +195,7 @@ def test_mixed_batch_gives_each_occurrence_its_own_outcome(redis_url: str, use_r
     client.set(K.lease(busy.id), "another-worker", px=30_000)
     items = [of(ok), of(cancelled), of(failing), of(busy), of(cron)]
     assert cron.next_run_at is not None
-    results = engine.deliver_many(client, context(), items, now=max(t, cron.next_run_at))
+    results = engine.deliver_many(client, scope(), items, now=max(t, cron.next_run_at))
     outcomes = [r.outcome for r in results]
     assert outcomes == [
         Outcome.DELIVERED,
@@ -231,7 +231,7 @@ def test_slow_runners_keep_the_leases_of_what_is_still_to_run(
         lease_clock.elapse(0.4 * LEASE)  # each call takes 0.4 of a lease
 
     runner = use_runner(Recorder(hook=slow))
-    results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
     assert [r.outcome for r in results] == [Outcome.DELIVERED] * 4
     assert len(runner.calls) == 4
     # 1.2 leases after the claim the last one's lease is still held: renewed before the
@@ -254,7 +254,7 @@ def test_an_occurrence_whose_lease_ran_out_is_not_delivered(
         lease_clock.elapse(0.6 * LEASE)
 
     runner = use_runner(Recorder(hook=steal))
-    results = engine.deliver_many(client, context(), [of(first), of(second)], now=t)
+    results = engine.deliver_many(client, scope(), [of(first), of(second)], now=t)
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.SKIPPED]
     assert [c["prompt_id"] for c in runner.calls] == [first.id]
     assert client.get(K.lease(second.id)) == "thief"
@@ -277,7 +277,7 @@ def test_a_lease_lost_at_a_renewal_is_remembered_until_that_occurrence_comes_up(
             lease_clock.elapse(0.6 * LEASE)  # past half the lease: renewal before the second call
 
     runner = use_runner(Recorder(hook=runner_hook))
-    results = engine.deliver_many(client, context(), [of(first), of(second), of(third)], now=t)
+    results = engine.deliver_many(client, scope(), [of(first), of(second), of(third)], now=t)
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DELIVERED, Outcome.SKIPPED]
     assert [c["prompt_id"] for c in runner.calls] == [first.id, second.id]
     assert client.get(K.lease(third.id)) == "thief"
@@ -295,7 +295,7 @@ def test_finished_outcomes_are_committed_while_slow_runners_go_on(
         time.sleep(engine.COMMIT_EVERY * 2)
 
     use_runner(Recorder(hook=look))
-    engine.deliver_many(get_redis(), context(), [of(p) for p in ps], now=t)
+    engine.deliver_many(get_redis(), scope(), [of(p) for p in ps], now=t)
     # When the second runner is called, the first outcome is already stored.
     assert statuses[1][0] == "executed" and statuses[2][:2] == ["executed", "executed"]
 
@@ -303,7 +303,7 @@ def test_finished_outcomes_are_committed_while_slow_runners_go_on(
 def test_commit_retried_after_a_lost_reply_applies_the_outcome_once(redis_url: str) -> None:
     t = later()
     (p,) = due_at(t, 1)
-    client, ctx = get_redis(), context()
+    client, ctx = get_redis(), scope()
     claims = Claims(client, ctx)
     (claimed,) = claims.claim([of(p)], t)
     assert isinstance(claimed, Claimed)
@@ -322,7 +322,7 @@ def test_commit_retried_after_a_lost_reply_applies_the_outcome_once(redis_url: s
 def test_commit_of_a_record_changed_meanwhile_reads_it_again(redis_url: str) -> None:
     t = later()
     a, b = due_at(t, 2)
-    client, ctx = get_redis(), context()
+    client, ctx = get_redis(), scope()
     claims = Claims(client, ctx)
     taken = claims.claim([of(a), of(b)], t)
     assert all(isinstance(c, Claimed) for c in taken)
@@ -420,9 +420,7 @@ def test_a_stopping_worker_commits_what_ran_and_hands_back_the_rest(
     stop = threading.Event()
     runner = use_runner(Recorder(hook=lambda payload: stop.set()))  # stop during call 1
     client = get_redis()
-    results = engine.deliver_many(
-        client, context(), [of(p) for p in ps], now=t, stopping=stop.is_set
-    )
+    results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t, stopping=stop.is_set)
     assert [r.outcome for r in results] == [Outcome.DELIVERED] + [Outcome.DEFERRED] * 4
     assert [c["prompt_id"] for c in runner.calls] == [ps[0].id]
     # The rest: still in flight, no lease held, so their next task claims them at once.
@@ -431,7 +429,7 @@ def test_a_stopping_worker_commits_what_ran_and_hands_back_the_rest(
     assert {of(p).key for p in ps[1:]} <= inflight
     assert [client.exists(K.lease(p.id)) for p in ps[1:]] == [0] * 4
     stop.clear()
-    later_results = engine.deliver_many(client, context(), [of(p) for p in ps], now=t)
+    later_results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
     assert [r.outcome for r in later_results] == [Outcome.SKIPPED] + [Outcome.DELIVERED] * 4
     keys = [c["idempotency_key"] for c in runner.calls]
     assert sorted(keys) == sorted(of(p).key for p in ps)  # each once
@@ -466,7 +464,7 @@ def test_concurrent_batches_of_the_same_occurrences_deliver_each_once(
     retried: list[Delivery] = []
 
     def work(order: list[Delivery]) -> None:
-        for d, r in zip(order, engine.deliver_many(client, context(), order, now=t), strict=True):
+        for d, r in zip(order, engine.deliver_many(client, scope(), order, now=t), strict=True):
             if r.outcome is Outcome.BUSY:
                 retried.append(d)
 
@@ -476,7 +474,7 @@ def test_concurrent_batches_of_the_same_occurrences_deliver_each_once(
     for th in threads:
         th.join()
     for d in retried:  # what was busy is retried later, as the task does
-        engine.deliver(client, context(), d, now=t)
+        engine.deliver(client, scope(), d, now=t)
     keys = [c["idempotency_key"] for c in runner.calls]
     assert sorted(keys) == sorted(d.key for d in ds)
 
@@ -496,10 +494,10 @@ def test_a_deliver_task_takes_along_what_is_due_at_the_same_instant(
     trigger_key = sp.trigger_prompt(other_time.id)
     runner = use_runner(Recorder())
     client = get_redis()
-    assert {d.prompt_id for d in engine.siblings(client, context(), of(ps[0]), 199)} == {
+    assert {d.prompt_id for d in engine.siblings(client, scope(), of(ps[0]), 199)} == {
         p.id for p in ps[1:]
     }
-    assert len(engine.siblings(client, context(), of(ps[0]), 2)) == 2
+    assert len(engine.siblings(client, scope(), of(ps[0]), 2)) == 2
     assert tasks.deliver.apply(args=(ps[0].id, to_ms(t))).get() == "delivered"
     assert sorted(c["prompt_id"] for c in runner.calls) == sorted(p.id for p in ps)
     for p in ps[1:]:  # their own tasks find nothing left to do

@@ -50,7 +50,7 @@ from hypothesis.stateful import (
 import scheduled_prompts as sp
 from scheduled_prompts import api, engine
 from scheduled_prompts._time import from_ms, to_ms, utcnow
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.models import Kind, ScheduledPrompt, Status
@@ -263,7 +263,7 @@ class PromptMachine(RuleBasedStateMachine):
         super().__init__()
         self.client = get_redis()
         self.client.flushall()  # one store per example
-        self.ctx = context()
+        self.ctx = scope()
         # The same phase against minute boundaries in every example (and on replay).
         CLOCK.now = utcnow().replace(minute=0, second=30, microsecond=123_000) + HOUR
         self.slots: list[Model] = []
@@ -652,9 +652,9 @@ def test_tick_after_an_outage_publishes_each_overdue_occurrence_once(redis_url: 
     the deadline passed and publishes it again.
     """
     p = make("once")  # ten minutes ahead: waits in the due index
-    now = p.next_run_at + timedelta(seconds=context().settings.lease_seconds + 31)
+    now = p.next_run_at + timedelta(seconds=scope().settings.lease_seconds + 31)
     published: list[Delivery] = []
-    engine.tick(get_redis(), context(), published.extend, now=now)
+    engine.tick(get_redis(), scope(), published.extend, now=now)
     assert [d.key for d in published] == [occurrence(p).key]
 
 
@@ -742,7 +742,7 @@ def change(action: str, p: ScheduledPrompt) -> ScheduledPrompt:
 
 
 def deliver(d: Delivery, now: datetime) -> engine.Result:
-    return engine.deliver(get_redis(), context(), d, now=now)
+    return engine.deliver(get_redis(), scope(), d, now=now)
 
 
 def deliver_until_not_busy(d: Delivery, now: datetime) -> engine.Result:

@@ -22,12 +22,12 @@ import redis
 import scheduled_prompts as sp
 from scheduled_prompts import engine, hydration
 from scheduled_prompts._time import from_ms, to_iso, to_ms, utcnow
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.plans import run
-from scheduled_prompts.store import Context
+from scheduled_prompts.store import Scope
 from tests.redis_server import RedisServer
 
 K = Keys("sp")
@@ -75,13 +75,13 @@ class Env:
     def __init__(self, redis_url: str) -> None:
         self.url = redis_url
         self.client: redis.Redis = get_redis()
-        self.ctx: Context = context()
+        self.ctx: Scope = scope()
         self.published: list[Delivery] = []
 
     def configure(self, **settings: Any) -> Env:
         sp.configure(redis_url=self.url, **settings)
         self.client = get_redis()
-        self.ctx = context()
+        self.ctx = scope()
         return self
 
     def tick(self, now: datetime) -> list[Delivery]:
@@ -854,7 +854,7 @@ def test_commit_waits_out_a_redis_outage_shorter_than_the_lease(tmp_path: Any) -
                 threading.Timer(1.5, server.start).start()
 
         sp.set_bot_runner(Outage())
-        client, ctx = get_redis(), context()
+        client, ctx = get_redis(), scope()
         result = engine.deliver(client, ctx, d, now=p.next_run_at)
         assert result.outcome is Outcome.DELIVERED and len(calls) == 1
         stored = sp.get_prompt(p.id)

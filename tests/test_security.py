@@ -509,14 +509,14 @@ class Failing:
 
 
 def deliver_once(prompt: sp.ScheduledPrompt, runner: Any, attempt: int = 1) -> engine.Result:
-    from scheduled_prompts.connection import context, get_redis
+    from scheduled_prompts.connection import get_redis, scope
 
     sp.set_bot_runner(runner)
     try:
         assert prompt.next_run_at is not None
         delivery = Delivery(prompt.id, to_ms(prompt.next_run_at))
         return engine.deliver(
-            get_redis(), context(), delivery, attempt=attempt, now=prompt.next_run_at
+            get_redis(), scope(), delivery, attempt=attempt, now=prompt.next_run_at
         )
     finally:
         sp.set_bot_runner(None)

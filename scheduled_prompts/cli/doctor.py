@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from .. import api, operations, pulse
 from .._time import utcnow
-from ..connection import client_kwargs, context
+from ..connection import client_kwargs, scope
 from ..operations import Check
 from ..runners import load_runner
 from ..settings import Settings, get_settings, mask_url
@@ -21,7 +21,7 @@ commands = Commands()
 
 
 def _redis_checks(settings: Settings, client: redis.Redis) -> list[Check]:
-    return api.run(operations.store_health(context(), utcnow()), client)
+    return api.run(operations.store_health(scope(), utcnow()), client)
 
 
 def _visibility(settings: Settings) -> Check:

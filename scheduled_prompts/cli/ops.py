@@ -10,7 +10,7 @@ from typing import IO, Any, TextIO, cast
 import click
 
 from .. import api, operations
-from ..connection import context
+from ..connection import scope
 from ..errors import InvalidSchedule
 from ..models import RecordError
 from ..operations import ExportPage
@@ -38,7 +38,7 @@ class _Null:
 
 
 def _total() -> int:
-    return api.run(operations.count(context()))
+    return api.run(operations.count(scope()))
 
 
 @commands.command()
@@ -60,7 +60,7 @@ def stats(as_json: bool) -> None:
 @json_option
 def cleanup(days: float | None, as_json: bool) -> None:
     """Delete executed, cancelled and failed prompts older than --days."""
-    keep = context().settings.cleanup_days if days is None else days
+    keep = scope().settings.cleanup_days if days is None else days
     result = json.loads(api.cleanup_expired_prompts(days_to_keep=keep))
     if "error" in result:
         raise CliError(result["error"])
@@ -78,7 +78,7 @@ def hydrate(platforms: tuple[str, ...], limit: int | None, as_json: bool) -> Non
     """Hand in-flight and soon-due occurrences to Celery again (what workers do on start)."""
     count = api.hydrate_scheduled_prompts(
         active_platforms=platforms or None,
-        limit=context().settings.hydrate_limit if limit is None else limit,
+        limit=scope().settings.hydrate_limit if limit is None else limit,
     )
     if as_json:
         print_json({"published": count})
@@ -111,7 +111,7 @@ def export(output: IO[str]) -> None:
 @click.argument("source", type=click.File("r"))
 def import_(source: IO[str]) -> None:
     """Restore prompts from JSON Lines made by `export`. Existing ids are kept as they are."""
-    ctx = context()
+    ctx = scope()
     rejected: Counter[str] = Counter()
 
     def records() -> Any:

@@ -147,7 +147,7 @@ class Cluster:
         """Whether none of ``keys`` is still in flight in the store."""
         ordered = sorted(keys)
         client = scheduled_prompts.connection.get_redis()
-        scores = client.zmscore(scheduled_prompts.connection.context().keys.inflight, ordered)
+        scores = client.zmscore(scheduled_prompts.connection.scope().keys.inflight, ordered)
         return all(score is None for score in scores)
 
     def duplicates(self) -> dict[str, int]:
