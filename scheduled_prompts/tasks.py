@@ -6,6 +6,7 @@ library below them receives :func:`publish` as a parameter.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.synchronize
@@ -174,7 +175,11 @@ def cleanup(days_to_keep: float | None = None) -> str:
     """Delete terminal prompts older than ``days_to_keep`` (default CLEANUP_DAYS)."""
     ctx = scope()
     days = ctx.settings.cleanup_days if days_to_keep is None else days_to_keep
-    return run(retention.report(ctx, days, utcnow()), get_redis(), publish)
+    try:
+        return run(retention.report(ctx, days, utcnow()), get_redis(), publish)
+    except StoreUnavailable as exc:  # the next hourly run does the work
+        log.warning("cleanup skipped: %s", exc)
+        return json.dumps({"error": str(exc)})
 
 
 @app.task(name="scheduled_prompts.hydrate", ignore_result=True)
