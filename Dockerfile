@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Install the package (with the flower extra) from a scratch copy of the sources, so
 # that only the installed package is importable at run time.
 WORKDIR /tmp/src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY scheduled_prompts/ ./scheduled_prompts/
 RUN pip install --no-cache-dir ".[flower]" \
     && cd / && rm -rf /tmp/src
