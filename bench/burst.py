@@ -59,7 +59,7 @@ import redis
 
 import scheduled_prompts
 from bench.common import machine, median, progress, redis_server, table, write_results
-from tests.e2e.cluster import Cluster, Process
+from support.cluster import Cluster, Process
 
 BATCH_ENV = "SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE"
 MAX_INTERVAL = 5  # redbeat's beat max interval in these runs (seconds)
@@ -505,7 +505,7 @@ def _prepare(n: int, tag: str) -> tuple[list[Any], float, float]:
     """N prompts written (not promoted: horizon 0), then promoted by ``engine.tick``
     without Celery. Returns the deliveries and the seconds of both steps."""
     from scheduled_prompts import engine  # noqa: PLC0415
-    from scheduled_prompts.connection import context, get_redis  # noqa: PLC0415
+    from scheduled_prompts.connection import get_redis, scope  # noqa: PLC0415
 
     at = datetime.now(UTC) + timedelta(seconds=1)
     specs = [
@@ -518,7 +518,7 @@ def _prepare(n: int, tag: str) -> tuple[list[Any], float, float]:
     sleep_until(at.timestamp() + 0.01)
     collect = _Collect()
     t2 = time.perf_counter()
-    engine.tick(get_redis(), context(), collect, now=at)
+    engine.tick(get_redis(), scope(), collect, now=at)
     t3 = time.perf_counter()
     return collect.deliveries, t1 - t0, t3 - t2
 
@@ -560,8 +560,8 @@ def profile(n: int) -> dict[str, Any]:
     batched engine function (``deliver_many`` / ``deliver_batch``, if present) under
     pyinstrument."""
     from scheduled_prompts import engine, set_bot_runner  # noqa: PLC0415
-    from scheduled_prompts.connection import context, get_redis  # noqa: PLC0415
-    from tests.recording_runner import RecordingRunner  # noqa: PLC0415
+    from scheduled_prompts.connection import get_redis, scope  # noqa: PLC0415
+    from support.recording_runner import RecordingRunner  # noqa: PLC0415
 
     per_k = 1e6 / n  # seconds for N -> ms per 1,000
     phases: list[dict[str, Any]] = []
@@ -578,7 +578,7 @@ def profile(n: int) -> dict[str, Any]:
             phases.append({"phase": "schedule_many: write N records", "ms": write_s * per_k})
             phases.append({"phase": "tick: PROMOTE N to in-flight", "ms": promote_s * per_k})
             phases.extend(_publish_cost(n, base))
-            client, ctx = get_redis(), context()
+            client, ctx = get_redis(), scope()
             size = int(getattr(ctx.settings, "deliver_batch_size", 0) or 200)
             batched = getattr(engine, "deliver_many", None) or getattr(
                 engine, "deliver_batch", None
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {
             "n": n, "runs": runs, "concurrency": conc, "lead_s": leads, "quick": args.quick,
             "redbeat_max_interval_s": MAX_INTERVAL, "clock": "time.time() (wall clock)",
-            "runner": "tests.recording_runner:RecordingRunner",
+            "runner": "support.recording_runner:RecordingRunner",
         },
     }  # fmt: skip
     out: list[str] = []

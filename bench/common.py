@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from tests.redis_server import RedisServer, redis_server_binary
+from support.redis_server import RedisServer, redis_server_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

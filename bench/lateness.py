@@ -48,7 +48,7 @@ from bench.burst import (
     wait_for_count,
 )
 from bench.common import machine, progress, quantile, table, write_results
-from tests.e2e.cluster import Cluster
+from support.cluster import Cluster
 
 RATE = 20.0  # one-time prompts (and ETA tasks) due per second
 PROMISE_P99_MS = 100.0

@@ -51,9 +51,9 @@ from bench.common import (
 from bench.tick import RedBeatLoader, Workload, load_ours, load_seed, redbeat_app
 from scheduled_prompts import api
 from scheduled_prompts._time import utcnow
-from scheduled_prompts.connection import context
-from tests.e2e.cluster import REPO, Process
-from tests.recording_runner import read_records
+from scheduled_prompts.connection import scope
+from support.cluster import REPO, Process
+from support.recording_runner import read_records
 
 BYTES_N = 100_000
 QUICK_BYTES_N = 10_000
@@ -83,7 +83,7 @@ def sampled_usage(client: redis.Redis, keys: list[str], count: int) -> float:
 
 
 def ours_breakdown(client: redis.Redis, n: int, delta: int) -> list[dict[str, Any]]:
-    keys = context().keys
+    keys = scope().keys
     ids = [i.decode() for i in client.zrandmember(keys.ids, RECORD_SAMPLE)]
     users = [keys.user(f"user-{u:05d}") for u in range(min(n, 5_000))]
     parts = [
@@ -207,7 +207,7 @@ def worker_env(url: str, queue: str, records: Path) -> dict[str, str]:
         SCHEDULED_PROMPTS_REDIS_URL=url,
         SCHEDULED_PROMPTS_QUEUE=queue,
         SCHEDULED_PROMPTS_TICK_SECONDS="1",
-        SCHEDULED_PROMPTS_RUNNER="tests.recording_runner:RecordingRunner",
+        SCHEDULED_PROMPTS_RUNNER="support.recording_runner:RecordingRunner",
         SP_TEST_RECORD_FILE=str(records),
         PYTHONPATH=str(REPO),
     )
@@ -216,7 +216,7 @@ def worker_env(url: str, queue: str, records: Path) -> dict[str, str]:
 
 def wait_for_work(client: redis.Redis, records: Path, worker: Process, timeout: float) -> int:
     """Wait for ``TICKS`` ticks (distinct ``P:beat`` values) and ``SOON`` deliveries."""
-    beat_key = context().keys.beat
+    beat_key = scope().keys.beat
     seen: set[bytes] = set()
     deadline = time.monotonic() + timeout
     while True:

@@ -43,16 +43,16 @@ spends its time, and writes ``bench/results/throughput-profile.json`` (with ``--
 
 * pyinstrument (0.5 ms sampling) around one call: every sample's self time is given to the
   innermost frame of a known phase (validation, id generation, record construction,
-  ``to_json``, ``put_op``, redis-py packing, socket send, waiting on/reading replies…), and
+  ``to_json``, ``create_op``, redis-py packing, socket send, waiting on/reading replies…), and
   the costliest frames by self time are listed;
 * the phases timed one by one, by calling the package's own functions on the same 20,000
-  specs (``core.build_from_spec``, ``validation.new_prompt_id``, the field checks,
+  specs (``validation.build_from_spec``, ``ids.new_prompt_ids``, the field checks,
   ``validation.resolve_schedule``, ``ScheduledPrompt(...)``, ``to_json``,
-  ``store.put_op``, redis-py's ``Connection.pack_commands``; validation once more with
+  ``store.create_op``, redis-py's ``Connection.pack_commands``; validation once more with
   the cyclic GC off, which gives the collector's share), then the Redis side alone:
   the packed bytes sent on a raw connection and every reply read (round trip), with the
   server's own CPU time (``INFO cpu``) and EVALSHA execution time (``INFO commandstats``)
-  over that round trip, and ``store.Pipeline.run`` as a whole. What is left of the
+  over that round trip, and ``store.Stream.run`` as a whole. What is left of the
   end-to-end time is the ``schedule_many`` loop, ``promote_now`` and the plan driver. The
   phases are timed in ``--runs`` interleaved rounds (every phase once per round, so all
   see the same background load; 3 rounds with ``--quick``) and each is the best of its
@@ -84,13 +84,13 @@ from redbeat.schedulers import get_redis as redbeat_redis
 from redbeat.schedules import rrule
 
 import scheduled_prompts
-from scheduled_prompts import api, core, store, validation
+from scheduled_prompts import api, ids, store, validation, verbs
 from scheduled_prompts._time import utcnow
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.models import ScheduledPrompt
 from scheduled_prompts.schedules import first_cron_run, parse_cron
 from scheduled_prompts.settings import Settings, get_settings
-from tests.redis_server import RedisServer
+from support.redis_server import RedisServer
 
 from .common import client_for, machine, median, progress, redis_server, table, write_results
 
@@ -235,7 +235,7 @@ def measure(
 
 def ours_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
     flusher = client_for(server)
-    ids_key = context().keys.ids
+    ids_key = scope().keys.ids
 
     def stored() -> int:
         return int(flusher.zcard(ids_key))
@@ -419,7 +419,7 @@ def _is_reply(frame: Frame) -> bool:
 #: Phases of the profiled call: a sample's self time goes to the innermost frame of its
 #: stack that one of these matches; if none does, to the innermost GENERIC match.
 SPECIFIC: tuple[tuple[str, Matcher], ...] = (
-    ("id generation (new_prompt_id)", lambda f: _in(f, "validation.py", "new_prompt_id")),
+    ("id generation (new_prompt_ids)", lambda f: _in(f, "ids.py", "new_prompt_ids")),
     ("ScheduledPrompt construction", _is_record_init),
     (
         "schedule resolution (resolve_schedule)",
@@ -431,12 +431,12 @@ SPECIFIC: tuple[tuple[str, Matcher], ...] = (
     ),
     (
         "build_from_spec / build_prompt (rest)",
-        lambda f: _in(f, "core.py", "build_from_spec") or _in(f, "validation.py", "build_prompt"),
+        lambda f: _in(f, "validation.py", "build_from_spec", "build_prompt"),
     ),
     ("to_json", lambda f: _in(f, "scheduled_prompts/models.py", "to_json")),
     (
-        "put_op arg building (excl. to_json)",
-        lambda f: _in(f, "scheduled_prompts/store.py", "put_op", "index_entries"),
+        "create_op arg building (excl. to_json)",
+        lambda f: _in(f, "scheduled_prompts/store.py", "create_op"),
     ),
     (
         "redis-py command packing (pack_commands)",
@@ -451,7 +451,7 @@ SPECIFIC: tuple[tuple[str, Matcher], ...] = (
 GENERIC: tuple[tuple[str, Matcher], ...] = (
     ("redis-py, other", lambda f: "/redis/" in (f.file_path or "").replace("\\", "/")),
     (
-        "schedule_many loop, promote_now, plan driver",
+        "schedule_many loop, promote_now, plan driver, Stream",
         lambda f: "scheduled_prompts/" in (f.file_path or "").replace("\\", "/"),
     ),
 )
@@ -563,7 +563,7 @@ class Bench:
 
     specs: list[dict[str, Any]]
     settings: Settings
-    ctx: store.Context
+    ctx: store.Scope
     client: redis.Redis
     flusher: redis.Redis
     now: datetime
@@ -596,7 +596,7 @@ def _validation_tasks(b: Bench) -> list[Task]:
     specs, now, settings = b.specs, b.now, b.settings
     limit = settings.max_prompt_chars
     names = validation._MAX_NAME_CHARS
-    built = [core.build_from_spec(s, now, settings)[0] for s in specs]
+    built = [validation.build_from_spec(s, now, settings)[0] for s in specs]
     kwargs = [{name: getattr(r, name) for name in _CTOR_FIELDS} for r in built]
 
     def checks() -> None:
@@ -611,24 +611,15 @@ def _validation_tasks(b: Bench) -> list[Task]:
 
     def resolve() -> None:
         for s in specs:
-            req = validation.ScheduleRequest(
-                at=s.get("at"),
-                delay=s.get("delay"),
-                cron=s.get("cron"),
-                timezone=s.get("timezone", "UTC"),
-                start_at=s.get("start_at"),
-                end_at=s.get("end_at"),
-                max_runs=s.get("max_runs"),
-            )
-            validation.resolve_schedule(req, now)
+            validation.resolve_schedule(validation.ScheduleRequest.of(s), now)
 
     def build() -> object:
-        return [core.build_from_spec(s, now, settings) for s in specs]
+        return [validation.build_from_spec(s, now, settings) for s in specs]
 
     return [
         Task("build", build),
         Task("build_no_gc", without_gc(build)),
-        Task("ids", lambda: [validation.new_prompt_id() for _ in specs]),
+        Task("ids", lambda: ids.new_prompt_ids(len(specs))),
         Task("checks", checks),
         Task("resolve", resolve),
         Task("construct", lambda: [ScheduledPrompt(**kw) for kw in kwargs]),
@@ -636,18 +627,18 @@ def _validation_tasks(b: Bench) -> list[Task]:
     ]
 
 
-def _put_ops(b: Bench, built: list[ScheduledPrompt]) -> list[store.Eval]:
-    batch = core.BATCH
+def _create_ops(b: Bench, built: list[ScheduledPrompt]) -> list[store.Eval]:
+    """The CREATE script calls ``schedule_many`` streams, one per batch."""
+    batch = verbs.BATCH
     return [
-        store.put_op(b.ctx.keys, [store.Put(r, None) for r in built[i : i + batch]], None)
-        for i in range(0, len(built), batch)
+        store.create_op(b.ctx.keys, built[i : i + batch], None) for i in range(0, len(built), batch)
     ]
 
 
 def _redis_tasks(b: Bench, ops: list[store.Eval], conn: Any, extra: dict[str, Any]) -> list[Task]:
-    """Packing (redis-py's and the what-ifs), the raw round trip, Pipeline.run."""
-    # Exactly what store.Pipeline.run sends: SCRIPT LOAD, then one EVALSHA per batch.
-    commands: list[tuple[Any, ...]] = [("SCRIPT LOAD", store.PUT.source)]
+    """Packing (redis-py's and the what-ifs), the raw round trip, Stream.run."""
+    # Exactly what store.Stream.run sends: SCRIPT LOAD, then one EVALSHA per batch.
+    commands: list[tuple[Any, ...]] = [("SCRIPT LOAD", store.CREATE.source)]
     commands += [("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args) for op in ops]
     packed = conn.pack_commands(commands)
     extra["payload_bytes"] = sum(len(chunk) for chunk in packed)
@@ -677,7 +668,7 @@ def _redis_tasks(b: Bench, ops: list[store.Eval], conn: Any, extra: dict[str, An
         Task("pack", lambda: conn.pack_commands(commands)),
         Task("pack_linear", lambda: [_linear_pack(c) for c in commands]),
         Task("trip", trip, before_trip, after_trip),
-        Task("pipeline", lambda: store.Pipeline(ops).run(b.client), b.flush, b.check),
+        Task("stream", lambda: store.Stream(iter(ops)).run(b.client), b.flush, b.check),
     ]
     try:
         import hiredis  # type: ignore[import-not-found]  # noqa: PLC0415
@@ -702,9 +693,9 @@ def time_phases(server: RedisServer, times: int) -> Phases:
     specs = once_specs(PROFILE_PROMPTS)
     settings = get_settings()
     now = utcnow()
-    b = Bench(specs, settings, context(), get_redis(), client_for(server), now)
-    built = [core.build_from_spec(s, now, settings)[0] for s in specs]
-    ops = _put_ops(b, built)
+    b = Bench(specs, settings, scope(), get_redis(), client_for(server), now)
+    built = [validation.build_from_spec(s, now, settings)[0] for s in specs]
+    ops = _create_ops(b, built)
     extra: dict[str, Any] = {}
     conn = b.client.connection_pool.get_connection()
     try:
@@ -712,32 +703,32 @@ def time_phases(server: RedisServer, times: int) -> Phases:
             Task("total", lambda: api.schedule_many(specs), b.flush, b.check),
             Task("total_no_gc", without_gc(lambda: api.schedule_many(specs)), b.flush, b.check),
             *_validation_tasks(b),
-            Task("put_ops", lambda: _put_ops(b, built)),
+            Task("create_ops", lambda: _create_ops(b, built)),
             *_redis_tasks(b, ops, conn, extra),
         ]
         run_rounds(tasks, times)
     finally:
         b.client.connection_pool.release(conn)
     s = {t.name: t.best for t in tasks}
-    build, put_ops, pipeline = s["build"], s["put_ops"], s["pipeline"]
+    build, create_ops, stream = s["build"], s["create_ops"], s["stream"]
     parts = s["ids"] + s["checks"] + s["resolve"] + s["construct"]
     rows = [
         ("end-to-end api.schedule_many", s["total"]),
-        ("1. validation: core.build_from_spec", build),
-        ("   1a. id generation (new_prompt_id)", s["ids"]),
+        ("1. validation: validation.build_from_spec", build),
+        ("   1a. id generation (new_prompt_ids)", s["ids"]),
         ("   1b. field checks (check_text x4, grace, metadata)", s["checks"]),
-        ("   1c. schedule resolution (ScheduleRequest, resolve_schedule)", s["resolve"]),
+        ("   1c. schedule resolution (ScheduleRequest.of, resolve_schedule)", s["resolve"]),
         ("   1d. ScheduledPrompt(...) construction", s["construct"]),
         ("   1e. cyclic GC while the records pile up (gc on - off)", build - s["build_no_gc"]),
         ("   1f. rest: glue, and 1a-1d dearer interleaved than alone", s["build_no_gc"] - parts),
         ("2. ScheduledPrompt.to_json", s["to_json"]),
-        ("3. put_op arg building (excl. to_json)", put_ops - s["to_json"]),
+        ("3. create_op arg building (excl. to_json)", create_ops - s["to_json"]),
         ("4. redis-py Connection.pack_commands", s["pack"]),
         ("5. Redis round trip: send, Redis work, read replies", s["trip"]),
         ("   5a. redis-server CPU (INFO cpu)", min(extra["server_cpu_s"])),
         ("   5b. of which EVALSHA execution (commandstats)", min(extra["evalsha_s"])),
-        ("6. redis-py pipeline rest", pipeline - s["pack"] - s["trip"]),
-        ("7. schedule_many loop, promote_now, driver", s["total"] - build - put_ops - pipeline),
+        ("6. store.Stream rest (commands sent one by one)", stream - s["pack"] - s["trip"]),
+        ("7. schedule_many loop, promote_now, driver", s["total"] - build - create_ops - stream),
     ]
     extra.update(
         {
@@ -745,8 +736,8 @@ def time_phases(server: RedisServer, times: int) -> Phases:
             "pack_linear_python": s["pack_linear"],
             "pack_hiredis": s.get("pack_hiredis"),
             "evalsha_calls": len(ops),
-            "records_per_evalsha": core.BATCH,
-            "store_pipeline_run": pipeline,
+            "records_per_evalsha": verbs.BATCH,
+            "store_stream_run": stream,
             "all_seconds": {t.name: t.seconds for t in tasks},
         }
     )
@@ -761,14 +752,14 @@ def time_cron_validation(times: int, n: int = 2_000) -> list[tuple[str, float]]:
     parsed = [parse_cron(s["cron"], s["timezone"]) for s in specs]
     start_at = specs[0]["start_at"]
     tasks = [
-        Task("build", lambda: [core.build_from_spec(s, now, settings) for s in specs]),
+        Task("build", lambda: [validation.build_from_spec(s, now, settings) for s in specs]),
         Task("parse", lambda: [parse_cron(s["cron"], s["timezone"]) for s in specs]),
         Task("first", lambda: [first_cron_run(c, now, start_at=start_at) for c in parsed]),
     ]
     run_rounds(tasks, times)
     build, parse, first = (t.best / n for t in tasks)
     return [
-        ("core.build_from_spec, cron spec", build),
+        ("validation.build_from_spec, cron spec", build),
         ("   schedules.parse_cron", parse),
         ("   schedules.first_cron_run (from start_at)", first),
         ("   rest", build - parse - first),

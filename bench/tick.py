@@ -63,12 +63,12 @@ from bench.common import (
 )
 from scheduled_prompts import api, engine
 from scheduled_prompts._time import to_ms, utcnow
-from scheduled_prompts.connection import context, get_redis
-from scheduled_prompts.core import build_from_spec
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.settings import get_settings
-from scheduled_prompts.store import Context
-from tests.redis_server import RedisServer
+from scheduled_prompts.store import Scope
+from scheduled_prompts.validation import build_from_spec
+from support.redis_server import RedisServer
 
 FULL_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 10_000)
@@ -137,7 +137,7 @@ def load_ours(wl: Workload) -> list[tuple[str, int]]:
     return near
 
 
-def rearm_ours(client: redis.Redis, ctx: Context, near: Sequence[tuple[str, int]]) -> None:
+def rearm_ours(client: redis.Redis, ctx: Scope, near: Sequence[tuple[str, int]]) -> None:
     """Put the near prompts back in the due index, as before the tick that promoted them."""
     pipe = client.pipeline(transaction=False)
     pipe.zadd(ctx.keys.due, dict(near))
@@ -167,7 +167,7 @@ def timed_with_setup(
 
 
 def measure_ours(wl: Workload, near: Sequence[tuple[str, int]]) -> dict[int, list[float]]:
-    client, ctx = get_redis(), context()
+    client, ctx = get_redis(), scope()
     published: list[Delivery] = []
 
     def none_due() -> None:

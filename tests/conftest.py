@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 
 import scheduled_prompts
 from scheduled_prompts.connection import get_redis
-from tests.redis_server import RedisServer
+from support.redis_server import RedisServer
 
 # No wall-clock limits in property tests: the suite must pass on a loaded machine, where
 # one example can take longer than Hypothesis' 200 ms deadline, or generating data

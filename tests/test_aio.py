@@ -23,7 +23,7 @@ from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import scope
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
-from tests.redis_server import free_port
+from support.redis_server import free_port
 
 K = Keys("sp")
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
-from tests.redis_server import free_port
+from support.redis_server import free_port
 
 K = Keys("sp")
 

@@ -28,8 +28,8 @@ from scheduled_prompts._time import from_iso, to_ms, utcnow
 from scheduled_prompts.cli import cli, main
 from scheduled_prompts.connection import get_redis
 from scheduled_prompts.keys import Keys
+from support.redis_server import RedisServer, free_port
 from tests.conftest import key_count
-from tests.redis_server import RedisServer, free_port
 
 K = Keys("sp")
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from scheduled_prompts.keys import Keys
 from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.plans import run
 from scheduled_prompts.store import Scope
-from tests.redis_server import RedisServer
+from support.redis_server import RedisServer
 
 K = Keys("sp")
 LEASE = 60.0

@@ -22,7 +22,7 @@ from scheduled_prompts.runners import (
     sign,
     verify_signature,
 )
-from tests.redis_server import free_port
+from support.redis_server import free_port
 
 SECRET = "whsec-test-0123456789"
 

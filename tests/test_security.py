@@ -34,7 +34,7 @@ from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.runners import SIGNATURE_HEADER, sign, verify_signature
 from scheduled_prompts.settings import mask_url
 from scheduled_prompts.tools import ToolContext, handle_tool_call, handle_tool_call_async
-from tests.redis_server import RedisServer, free_port, redis_server_binary
+from support.redis_server import RedisServer, free_port, redis_server_binary
 from tests.test_compose import argv, environment, raw_compose, services
 
 PASSWORD = "s3cret-Pw-7d1e"

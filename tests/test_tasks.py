@@ -25,7 +25,7 @@ from scheduled_prompts.connection import get_redis
 from scheduled_prompts.errors import StoreUnavailable
 from scheduled_prompts.keys import Keys
 from scheduled_prompts.settings import settings_from_env
-from tests.redis_server import free_port
+from support.redis_server import free_port
 
 K = Keys("sp")
 

@@ -17,9 +17,9 @@ from redis.exceptions import RedisError
 
 from scheduled_prompts import Status
 from scheduled_prompts._time import to_ms
-from scheduled_prompts.connection import context, get_redis
+from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.models import ScheduledPrompt
-from tests.recording_runner import read_records
+from support.recording_runner import read_records
 
 from . import measure, workload
 from .measure import Fault
@@ -87,7 +87,7 @@ def sleep_until(when: datetime) -> None:
 def store_state(work: Workload) -> dict[str, Any]:
     """One-time prompts not ``executed``, and in-flight entries that are not a live cron
     prompt's next occurrence (left behind: a re-drive would publish them again)."""
-    client, keys = get_redis(), context().keys
+    client, keys = get_redis(), scope().keys
     raws = client.mget([keys.prompt(i) for i in work.prompt_ids])
     pairs = zip(work.prompt_ids, raws, strict=True)
     records = {i: ScheduledPrompt.from_json(raw) for i, raw in pairs if raw}

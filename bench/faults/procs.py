@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import scheduled_prompts
-from tests.e2e.cluster import REPO, Cluster, Process
-from tests.redis_server import RedisServer
+from support.cluster import REPO, Cluster, Process
+from support.redis_server import RedisServer
 
 UP = Path(sys.executable).parent / "scheduled-prompts"
 HAZARD = "Unrecoverable error"
@@ -152,7 +152,7 @@ class FaultCluster(Cluster):
             "queue": f"faults-{uuid.uuid4().hex[:8]}",
             "tick_seconds": 1,
             "lease_seconds": 5,
-            "runner": "tests.recording_runner:RecordingRunner",
+            "runner": "support.recording_runner:RecordingRunner",
             **settings,
         }
         self.cwd = REPO

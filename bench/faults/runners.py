@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from scheduled_prompts.errors import DeliveryError
-from tests.recording_runner import RecordingRunner, _append
+from support.recording_runner import RecordingRunner, _append
 
 
 def fails_first_attempt(key: str, percent: float) -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import Cluster
+from support.cluster import Cluster
 
 
 @pytest.fixture

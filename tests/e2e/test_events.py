@@ -9,7 +9,7 @@ import pytest
 
 import scheduled_prompts as sp
 from scheduled_prompts.celery_app import app
-from tests.e2e.cluster import Cluster
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(240)
 

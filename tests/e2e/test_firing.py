@@ -21,7 +21,7 @@ import pytest
 import scheduled_prompts as sp
 from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.keys import Keys
-from tests.e2e.cluster import Cluster, Process
+from support.cluster import Cluster, Process
 
 pytestmark = pytest.mark.timeout(180)
 K = Keys("sp")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import scheduled_prompts as sp
-from tests.e2e.cluster import Cluster
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import scheduled_prompts as sp
-from tests.e2e.cluster import REPO, Process
+from support.cluster import REPO, Process
 from tests.test_security import ACL_PASSWORD, PASSWORD, SECRET_PROMPT, acl_server, password_server
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,7 +12,7 @@ import pytest
 
 import scheduled_prompts as sp
 from scheduled_prompts._time import to_ms, utcnow
-from tests.e2e.cluster import Cluster
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,9 +21,9 @@ import pytest
 
 import scheduled_prompts as sp
 from scheduled_prompts import embedded
-from tests.e2e.cluster import Process
-from tests.recording_runner import read_records
-from tests.redis_server import free_port
+from support.cluster import Process
+from support.recording_runner import read_records
+from support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -325,7 +325,7 @@ def _record_calls(deployment: Deployment, seconds: float) -> Path:
     """Deliveries of the deployment's ``up`` go to the recording runner, ``seconds`` each."""
     records = deployment.tmp / "records.jsonl"
     deployment.env |= {
-        "SCHEDULED_PROMPTS_RUNNER": "tests.recording_runner:RecordingRunner",
+        "SCHEDULED_PROMPTS_RUNNER": "support.recording_runner:RecordingRunner",
         "SP_TEST_RECORD_FILE": str(records),
         "SP_TEST_RUNNER_SLEEP": str(seconds),
         "SCHEDULED_PROMPTS_LEASE_SECONDS": "5",  # a cut call is re-driven soon

@@ -16,7 +16,7 @@ import scheduled_prompts as sp
 from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import get_redis
 from scheduled_prompts.keys import Keys
-from tests.e2e.cluster import Cluster, Process
+from support.cluster import Cluster, Process
 
 pytestmark = pytest.mark.timeout(180)
 K = Keys("sp")

