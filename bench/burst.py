@@ -1,40 +1,6 @@
 """Burst: ``python -m bench.burst [--quick] [--workers 1,2,4] [--profile]``.
-
-N one-time prompts (10,000; ``--quick`` 2,000) all due at the same instant T, one Celery
-worker, the recording runner as the no-op runner (one ``O_APPEND`` line per call with
-``time.time()``). T is a whole second of the wall clock (``time.time()``), a lead ahead
-of the start of scheduling (``--lead``, else by system: see :data:`LEAD_PER_K`), so that
-writing the prompts and publishing their ETA tasks end before T; the table says how long
-that took, how much of the lead was left, and how many messages the worker had not yet
-fetched from the broker at T.
-
-Measured from T, on the wall clock every process shares: the first and the last runner
-call (the recording runner's ``at``), and N / (last - T) deliveries per second. Every
-run has its own redis-server and its own processes; each system is the median of 3 runs
-(``--quick``: 1), figure by figure.
-
-Rows:
-
-- ours, per-occurrence tasks: ``SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE=1`` in the
-  scheduling process and the worker (the design before batched delivery);
-- ours, batched: default settings (batched delivery groups occurrences due together into
-  one task once the engine has it; before that both rows run the same code);
-- celery-redbeat: N ``RedBeatSchedulerEntry`` (redbeat's one-shot ``rrule`` at T,
-  ``count=1``) run by ``celery beat -S redbeat.RedBeatScheduler`` and the same worker
-  settings, with the no-op task of :mod:`bench.peers`; time from T to the last task;
-- plain Celery ETA: ``apply_async(eta=T)`` of the same no-op task (a reference).
-
-Scaling: the batched burst with one worker of 1, 2 and 4 pool processes
-(``--concurrency`` of ``celery worker``; the machine's cores are in the JSON).
-
-``--profile``: where the time goes for ours without Celery, in this process on a
-redis-server of its own: writing N prompts, promoting them, publishing N ``deliver``
-messages on a real broker connection (``tasks.publish``), and ``engine.deliver`` for
-each occurrence (and the batched engine function, if the engine has one) under
-pyinstrument, as milliseconds per 1,000 occurrences (``time.perf_counter()``).
-
-Writes ``bench/results/burst.json`` (``burst-quick.json`` with ``--quick``).
-"""
+N prompts due at the same second, one worker: ours, celery-redbeat, plain ETA tasks.
+Method and figures: docs/performance.md, "Burst dispatch" and "Methods"."""
 
 from __future__ import annotations
 
@@ -58,7 +24,7 @@ from typing import Any
 import redis
 
 import scheduled_prompts
-from bench.common import machine, median, progress, redis_server, table, write_results
+from bench.common import machine, median, progress, redis_server, sleep_until, table, write_results
 from support.cluster import Cluster, Process
 
 BATCH_ENV = "SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE"
@@ -116,11 +82,6 @@ def wait_for_count(tail: RecordTail, expected: int, *, deadline: float, stall: f
         if now > deadline or (count > 0 and now - last_change > stall):
             return count
         time.sleep(0.05)
-
-
-def sleep_until(t: float) -> None:
-    while (left := t - time.time()) > 0:
-        time.sleep(min(left, 0.5))
 
 
 # --------------------------------------------------------------------------- processes
@@ -557,8 +518,7 @@ def _publish_cost(n: int, base: dict[str, Any]) -> list[dict[str, Any]]:
 def profile(n: int) -> dict[str, Any]:
     """Where the time of ours goes, in this process (no Celery worker), per 1,000
     occurrences: write, promote, publish, then ``engine.deliver`` one by one and the
-    batched engine function (``deliver_many`` / ``deliver_batch``, if present) under
-    pyinstrument."""
+    batched engine function (``deliver_many``) under pyinstrument."""
     from scheduled_prompts import engine, set_bot_runner  # noqa: PLC0415
     from scheduled_prompts.connection import get_redis, scope  # noqa: PLC0415
     from support.recording_runner import RecordingRunner  # noqa: PLC0415
@@ -579,26 +539,22 @@ def profile(n: int) -> dict[str, Any]:
             phases.append({"phase": "tick: PROMOTE N to in-flight", "ms": promote_s * per_k})
             phases.extend(_publish_cost(n, base))
             client, ctx = get_redis(), scope()
-            size = int(getattr(ctx.settings, "deliver_batch_size", 0) or 200)
-            batched = getattr(engine, "deliver_many", None) or getattr(
-                engine, "deliver_batch", None
-            )
+            size = ctx.settings.deliver_batch_size
 
             def one_by_one(ds: list[Any]) -> Counter[str]:
                 return Counter(engine.deliver(client, ctx, d).outcome.value for d in ds)
 
             def in_batches(ds: list[Any]) -> Counter[str]:
-                assert batched is not None
                 got: Counter[str] = Counter()
                 for i in range(0, len(ds), size):
-                    got.update(r.outcome.value for r in batched(client, ctx, ds[i : i + size]))
+                    batch = ds[i : i + size]
+                    got.update(r.outcome.value for r in engine.deliver_many(client, ctx, batch))
                 return got
 
-            variants = [("engine.deliver x N", one_by_one)]
-            if batched is not None:
-                variants.append((f"engine.{batched.__name__}, {size} a call", in_batches))
-            else:
-                progress("profile: the engine has no deliver_many / deliver_batch")
+            variants = [
+                ("engine.deliver x N", one_by_one),
+                (f"engine.deliver_many, {size} a call", in_batches),
+            ]
             for label, fn in variants:
                 # Timed without the profiler; the profiler (on a second, equal set) gives
                 # the shares, applied to the unprofiled time.

@@ -8,6 +8,7 @@ it ran on, so a rerun can be compared figure by figure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -50,12 +51,19 @@ def median(values: Sequence[float]) -> float:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) by nearest rank; 0.0 for no values."""
+    """The ``q`` quantile (0..1) by the nearest-rank method: the smallest value with at
+    least a fraction ``q`` of the values at or below it (p99 of 100 values is the 99th
+    smallest, of 10 values the largest). 0.0 for no values."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return float(ordered[index])
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
+
+
+def sleep_until(at: float) -> None:
+    """Sleep until the epoch time ``at`` (at once if it has passed)."""
+    while (left := at - time.time()) > 0:
+        time.sleep(min(left, 0.5))
 
 
 def timed(fn: Callable[[], Any], *, runs: int = 5, warmup: int = 1) -> list[float]:

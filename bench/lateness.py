@@ -1,28 +1,6 @@
 """Lateness: ``python -m bench.lateness [--quick]``.
-
-How late a delivery starts at a steady rate with an idle worker (2 pool processes, the
-Celery default on this 2-core machine) and beat running, on a redis-server of our own.
-Lateness = the time the call started (``time.time()`` in the worker: the recording
-runner's ``at``, or the no-op task's) minus the time it was due, in milliseconds, on the
-wall clock every process shares.
-
-- ours, one-time: 600 prompts (``--quick`` 150) due at 20/s, each at its own millisecond
-  (slot ``i`` of 50 ms plus a random offset within it), starting a few seconds after
-  they are written with ``schedule_many`` (so all are promoted and published as ETA
-  tasks ahead of time); due time = the prompt's ``at``.
-- ours, cron: 100 prompts ``* * * * *`` written with ``schedule_prompt(cron=...)`` (the
-  Python API has no minimum interval: ``tool_min_cron_interval_seconds`` applies to the
-  LLM tools only), over the next 2 minute boundaries (``--quick`` 1); due time = the
-  minute. All 100 are due at the same instant, so this is a small burst too. The second
-  boundary's occurrences are promoted by beat's ``tick`` (every 60 s, the default).
-- celery ETA (the peer): ``apply_async(eta=...)`` of a no-op task that records its start
-  time, at the same rate and the same kind of times; due time = the ETA.
-
-Settings are the production defaults (tick 60 s, lease 60 s, batch size default) except
-the runner (the recording runner) and the Redis URL. The SPEC promise checked: p99
-lateness of ours <= 100 ms with an idle worker. Writes ``bench/results/lateness.json``
-(``lateness-quick.json`` with ``--quick``).
-"""
+How late a delivery starts at a steady rate, idle worker: ours against plain ETA tasks.
+Method and figures: docs/performance.md, "Lateness" and "Methods"."""
 
 from __future__ import annotations
 

@@ -1,28 +1,6 @@
-"""Memory: Redis bytes per stored prompt, and worker RSS against stored prompts.
-
-``python -m bench.memory [--quick]``
-
-1. **Redis bytes per prompt** (200-character prompt, 5,000 users, one-time prompts a day
-   or more ahead): ``used_memory`` of a private redis-server before and after storing
-   N = 100,000 prompts (``--quick``: 10,000), for ours (``api.schedule_many``), the seed
-   design (one JSON key per record, ``bench.baseline``) and celery-redbeat entries (the
-   prompt, user and platform in the entry's kwargs, written as ``save()`` writes them —
-   see ``bench.tick``), the server flushed between systems. Ours is then broken down by
-   key type with ``MEMORY USAGE``: every index key exactly (``SAMPLES 0``), the records
-   from a random sample of 2,000 scaled to N; what ``used_memory`` grew by beyond those
-   keys (the keyspace's own tables, the Lua scripts) is shown as "other".
-2. **Worker RSS**: for 1,000 and then 1,000,000 stored future prompts (``--quick``:
-   100,000), a fresh redis-server is filled with ``schedule_many``, plus 10 prompts due
-   a few seconds later; then a real ``celery -A scheduled_prompts worker``
-   (``--concurrency=2``, the recording test runner) and a real ``celery beat`` ticking
-   every second start against it. Once the worker logged " ready.", 5 ticks ran (seen in
-   the ``P:beat`` key) and the 10 prompts were delivered, the RSS of the worker's process
-   tree (``VmRSS`` of the main process and of its pool children, from ``/proc``) is read
-   3 times, a second apart; the last reading is shown. Beat is not counted.
-
-Prints two tables for part 1 and one for part 2; writes ``bench/results/memory.json``
-(``memory-quick.json`` with ``--quick``).
-"""
+"""Memory: ``python -m bench.memory [--quick]``.
+Redis bytes per stored prompt (ours, seed, redbeat) and worker RSS against stored prompts.
+Method and figures: docs/performance.md, "Memory" and "Methods"."""
 
 from __future__ import annotations
 
@@ -48,7 +26,8 @@ from bench.common import (
     used_memory,
     write_results,
 )
-from bench.tick import RedBeatLoader, Workload, load_ours, load_seed, redbeat_app
+from bench.redbeat_peer import redbeat_app
+from bench.tick import RedBeatLoader, Workload, load_ours, load_seed
 from scheduled_prompts import api
 from scheduled_prompts._time import utcnow
 from scheduled_prompts.connection import scope

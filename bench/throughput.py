@@ -1,73 +1,11 @@
 """Scheduling throughput: ``python -m bench.throughput [--quick] [--profile] [--runs N]``.
-
-One process, one redis-server of its own (:func:`bench.common.redis_server`), ours and the
-peer side by side. Every prompt carries the same 200-character text, users are spread over
-1,000 ``user_id`` values, and every one-time prompt is due ``3600 + i`` seconds ahead:
-beyond the 300 s horizon, so no call enqueues anything in Celery while it is measured.
-
-Rows (each: the median, min and max of ``--runs`` timed runs, 5 by default, after one
-unmeasured warm-up run; the server is flushed with FLUSHALL before every run, outside the
-timing, so every run starts from the same empty database; rates are prompts/s):
-
-* ours, ``schedule_prompt(...)`` one call per prompt (5,000 per run; ``--quick`` 1,000);
-* ours, ``schedule_many(specs)``, one call of 20,000 one-time prompts (``--quick`` 5,000);
-* ours, ``schedule_many(specs)`` of 5,000 cron prompts (``--quick`` 1,000; fewer than
-  the one-time ones because each costs ~1-2 ms of validation, so 20,000 would add minutes
-  for the same rate): ``"*/5 * * * *"`` in ``Europe/Paris``, ``start_at`` one hour ahead
-  so that the first occurrence is beyond the horizon as well;
-* the peer, celery-redbeat 2.x: ``RedBeatSchedulerEntry(name, task, schedule,
-  kwargs={prompt, user_id, platform}, app=app).save()`` one entry at a time, as many as
-  our single calls. The schedule is redbeat's own one-shot form,
-  ``redbeat.schedules.rrule("MINUTELY", dtstart=now + 3600 + i s, count=1)`` (a Celery
-  ``schedule(run_every=...)`` would repeat). The Celery app has ``redbeat_redis_url`` set to
-  the bench server. ``save()`` sends HSET definition, HSETNX meta and ZADD to the
-  schedule zset in one MULTI/EXEC pipeline: one round trip per entry, as ours. The
-  construction of the entry is timed with ``save()``, as validation is timed with ours;
-* the peer's writes hand-pipelined: the same HSET/HSETNX/ZADD that ``save()`` sends, for
-  as many entries as our ``schedule_many``, in one non-transactional pipeline. Redbeat has
-  no batch API: this row is **not redbeat's own API**, it shows what its data model costs
-  when batched by the caller.
-
-Ours is configured with ``scheduled_prompts.configure(redis_url=..., max_prompts_per_user=
-None)``: the per-user quota is explicitly disabled (it is unset by default; setting it here
-keeps a ``SCHEDULED_PROMPTS_MAX_PROMPTS_PER_USER`` from the environment out of the figures),
-so ``schedule_many`` skips its HMGET of the quota counters. Every timed run is checked
-afterwards (the number of stored prompts or entries must be the number written).
-
-The table goes to stdout and ``bench/results/throughput.json`` (``throughput-quick.json``
-with ``--quick``), with the machine.
-
-``--profile`` measures instead where one ``schedule_many`` of 20,000 one-time prompts
-spends its time, and writes ``bench/results/throughput-profile.json`` (with ``--quick``,
-3 rounds and ``throughput-profile-quick.json``):
-
-* pyinstrument (0.5 ms sampling) around one call: every sample's self time is given to the
-  innermost frame of a known phase (validation, id generation, record construction,
-  ``to_json``, ``create_op``, redis-py packing, socket send, waiting on/reading replies…), and
-  the costliest frames by self time are listed;
-* the phases timed one by one, by calling the package's own functions on the same 20,000
-  specs (``validation.build_from_spec``, ``ids.new_prompt_ids``, the field checks,
-  ``validation.resolve_schedule``, ``ScheduledPrompt(...)``, ``to_json``,
-  ``store.create_op``, redis-py's ``Connection.pack_commands``; validation once more with
-  the cyclic GC off, which gives the collector's share), then the Redis side alone:
-  the packed bytes sent on a raw connection and every reply read (round trip), with the
-  server's own CPU time (``INFO cpu``) and EVALSHA execution time (``INFO commandstats``)
-  over that round trip, and ``store.Stream.run`` as a whole. What is left of the
-  end-to-end time is the ``schedule_many`` loop, ``promote_now`` and the plan driver. The
-  phases are timed in ``--runs`` interleaved rounds (every phase once per round, so all
-  see the same background load; 3 rounds with ``--quick``) and each is the best of its
-  rounds, as ``timeit`` does: the phases are subtracted from one another, and the minimum
-  is the figure least disturbed by other work on the machine. What-ifs, for the design:
-  the end-to-end time with the garbage collector off, and the packing of the same
-  commands by a linear pure-Python packer and (when installed) ``hiredis.pack_command``;
-  and, for cron specs, the cost of ``parse_cron`` and ``first_cron_run`` per prompt.
-"""
+``schedule_prompt`` and ``schedule_many`` against redbeat; ``--profile``: where time goes.
+Method and figures: docs/performance.md, "Scheduling throughput" and "Methods"."""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,10 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from celery import Celery
 from pyinstrument import Profiler
 from pyinstrument.frame import Frame
-from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import RedBeatSchedulerEntry
 from redbeat.schedulers import get_redis as redbeat_redis
 from redbeat.schedules import rrule
@@ -92,6 +28,7 @@ from scheduled_prompts.schedules import first_cron_run, parse_cron
 from scheduled_prompts.settings import Settings, get_settings
 from support.redis_server import RedisServer
 
+from . import redbeat_peer
 from .common import client_for, machine, median, progress, redis_server, table, write_results
 
 PROMPT = (
@@ -277,19 +214,6 @@ def ours_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
     return rows
 
 
-def redbeat_app(url: str) -> Any:
-    """A Celery app whose redbeat store is the bench server (not made current)."""
-    app = Celery("bench-throughput", set_as_current=False)
-    app.conf.update(
-        broker_url=url,
-        redbeat_redis_url=url,
-        redbeat_key_prefix="redbeat:",
-        timezone="UTC",
-        enable_utc=True,
-    )
-    return app
-
-
 def redbeat_entry(app: Any, i: int) -> Any:
     """Entry ``i``: a one-shot rrule 3600 + i s ahead, kwargs carrying the prompt."""
     when = datetime.now(UTC) + timedelta(seconds=ONCE_DELAY + i)
@@ -309,24 +233,18 @@ def redbeat_pipelined(app: Any, n: int) -> None:
     pipe = client.pipeline(transaction=False)
     for i in range(n):
         entry = redbeat_entry(app, i)
-        definition = {
-            "name": entry.name,
-            "task": entry.task,
-            "args": entry.args,
-            "kwargs": entry.kwargs,
-            "options": entry.options,
-            "schedule": entry.schedule,
-            "enabled": entry.enabled,
-        }
-        meta = {"last_run_at": entry.last_run_at}
-        pipe.hset(entry.key, "definition", json.dumps(definition, cls=RedBeatJSONEncoder))
-        pipe.hsetnx(entry.key, "meta", json.dumps(meta, cls=RedBeatJSONEncoder))
+        stored = redbeat_peer.definition(
+            entry.name, entry.task, entry.kwargs, entry.schedule,
+            args=entry.args, options=entry.options, enabled=entry.enabled,
+        )  # fmt: skip
+        pipe.hset(entry.key, "definition", stored)
+        pipe.hsetnx(entry.key, "meta", redbeat_peer.meta(entry.last_run_at))
         pipe.zadd(schedule_key, {entry.key: entry.score})
     pipe.execute()
 
 
 def redbeat_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
-    app = redbeat_app(server.url)
+    app = redbeat_peer.redbeat_app(server.url)
     flusher = client_for(server)
     redbeat_entry(app, 0)  # builds app.redbeat_conf
     schedule_key = app.redbeat_conf.schedule_key

@@ -1,42 +1,10 @@
-"""Tick cost against the number of stored prompts: ``python -m bench.tick [--quick]``.
-
-For each population size (1k, 100k, 1M; ``--quick``: 1k, 10k; or ``--sizes``) three
-systems are loaded in turn into one private redis-server (flushed between systems) and
-their tick is timed in this process, with none due and with 100 due:
-
-- **ours**: ``scheduled_prompts.engine.tick(client, ctx, publish)`` with a ``publish``
-  that only collects the deliveries. Prompts are stored with ``api.schedule_many`` in
-  chunks of 20,000 one-time prompts (200-character text, 5,000 users) due a day or more
-  ahead, except 100 due one hour ahead. "None due" ticks at the real time (those 100 are
-  beyond the 5-minute horizon); "100 due" passes ``now=`` 60 s before them, so exactly
-  they fall within the horizon. A tick promotes what it finds, so before each measured
-  run the 100 are put back into the due index (and the in-flight set is emptied);
-  only the ``tick`` call is timed, and every run is checked to publish exactly 100.
-- **seed full scan**: ``bench.baseline`` — the same record JSON, one key per prompt,
-  and a tick that SCANs, MGETs and parses every record (see its docstring). "100 due"
-  asks for what is due just after those 100 (that design has no horizon).
-- **celery-redbeat**: ``RedBeatScheduler.tick()`` over the same number of entries, each
-  a one-time ``rrule`` (``count=1``) carrying the prompt in its kwargs. To load a million
-  quickly, the loader writes through a pipeline exactly what ``RedBeatSchedulerEntry.save()``
-  writes — a hash ``redbeat:{name}`` with ``definition`` and ``meta`` (JSON from redbeat's
-  own encoder) and a member of the ``redbeat::schedule`` zset scored by the due time —
-  and checks it against a real ``save()`` and ``RedBeatSchedulerEntry.from_key``.
-  The scheduler subclass sends nothing: ``send_task`` only counts (the entry is still
-  reserved — meta and score rewritten — as redbeat does before sending), and the producer
-  is ``None``, so no broker is needed. The beat lock is disabled (one scheduler). For
-  "100 due", 100 entries are rewritten to be due a minute ago, and re-armed (meta
-  ``last_run_at`` and score) before each run, since a tick moves them on.
-
-Each cell is the median of >= 5 timed calls after a warm-up (the full scan at >= 500k:
-3 calls, no warm-up); calls per cell are in the JSON. Prints one Markdown table and the
-tick(largest)/tick(smallest) ratio of ours, and writes ``bench/results/tick.json``
-(``tick-quick.json`` with ``--quick``).
-"""
+"""Tick cost against stored prompts: ``python -m bench.tick [--quick]``.
+Ours, the seed's full scan and celery-redbeat, 1,000 to 1,000,000 stored, 0 or 100 due.
+Method and figures: docs/performance.md, "Tick cost" and "Methods"."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,11 +14,11 @@ from typing import Any
 import redis
 from celery import Celery
 from redbeat.decoder import RedBeatJSONEncoder, to_timestamp
-from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_conf
+from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedules import rrule
 
 import scheduled_prompts
-from bench import baseline
+from bench import baseline, redbeat_peer
 from bench.common import (
     client_for,
     machine,
@@ -246,21 +214,6 @@ class NoSendScheduler(RedBeatScheduler):  # type: ignore[misc]
         return {"producer": None}
 
 
-def redbeat_app(url: str) -> Celery:
-    app = Celery("bench-redbeat", set_as_current=False)
-    app.conf.update(
-        broker_url="memory://",
-        redbeat_redis_url=url,
-        redbeat_lock_key=None,
-        result_expires=None,  # no celery.backend_cleanup entry in the schedule
-        timezone="UTC",
-        enable_utc=True,
-        beat_schedule={},
-    )
-    ensure_conf(app)  # sets app.redbeat_conf, as the scheduler and entries do
-    return app
-
-
 class RedBeatLoader:
     """Writes what ``RedBeatSchedulerEntry.save()`` writes, for many entries at once."""
 
@@ -280,18 +233,14 @@ class RedBeatLoader:
 
     def definition(self, name: str, wl: Workload, i: int, dtstart: datetime) -> str:
         schedule = {**self.template, "dtstart": to_timestamp(dtstart), "dtstart_tz": 0}
-        return json.dumps(
-            {"name": name, "task": REDBEAT_TASK, "args": [], "kwargs": self.kwargs(wl, i),
-             "options": {}, "schedule": schedule, "enabled": True},
-            cls=RedBeatJSONEncoder,
-        )  # fmt: skip
+        return redbeat_peer.definition(name, REDBEAT_TASK, self.kwargs(wl, i), schedule)
 
     @staticmethod
     def kwargs(wl: Workload, i: int) -> dict[str, Any]:
         return {"prompt": wl.prompt(i), "user_id": wl.user(i), "platform": "bench"}
 
     def meta(self, last_run_at: datetime) -> str:
-        return json.dumps({"last_run_at": last_run_at}, cls=RedBeatJSONEncoder)
+        return redbeat_peer.meta(last_run_at)
 
     def load(self, client: redis.Redis, wl: Workload) -> None:
         started = time.perf_counter()
@@ -355,7 +304,7 @@ class RedBeatLoader:
 
 
 def measure_redbeat(client: redis.Redis, url: str, wl: Workload) -> dict[int, list[float]]:
-    app = redbeat_app(url)
+    app = redbeat_peer.redbeat_app(url)
     loader = RedBeatLoader(app, wl.base)
     loader.load(client, wl)
     loader.check(client, wl)

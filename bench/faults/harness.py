@@ -9,7 +9,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.models import ScheduledPrompt
 from support.recording_runner import read_records
 
+from ..common import sleep_until
 from . import measure, workload
 from .measure import Fault
 from .procs import HAZARD, FaultCluster, Up, Watched
@@ -76,12 +76,6 @@ class Scenario:
 
     def finish(self, run: Run) -> None:
         """Notes after the run (processes still up)."""
-
-
-def sleep_until(when: datetime) -> None:
-    delay = when.timestamp() - time.time()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def store_state(work: Workload) -> dict[str, Any]:
@@ -152,7 +146,7 @@ def execute(scenario: Scenario, size: Size, *, keep: bool = False) -> dict[str, 
     try:
         scenario.start(run)
         run.work = workload.create(size)
-        sleep_until(run.work.fault_at)
+        sleep_until(run.work.fault_at.timestamp())
         scenario.inject(run)
         settled, state = wait_settled(run)
         time.sleep(1.0)  # a late duplicate would show up here

@@ -19,12 +19,12 @@ Counts:
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..common import quantile
 from .workload import Workload
 
 #: Longest a commit takes after the runner returns, for "its commit cannot have landed".
@@ -185,10 +185,6 @@ def analyse(work: Workload, records: list[dict[str, Any]], faults: list[Fault]) 
         "runner_failures": sum(c.failed for c in calls),
         "interrupted_calls": sum(c.end is None for c in calls),
         "max_lateness_s": round(lateness[-1], 3) if lateness else None,
-        "p50_lateness_s": round(_quantile(lateness, 0.5), 3) if lateness else None,
-        "p99_lateness_s": round(_quantile(lateness, 0.99), 3) if lateness else None,
+        "p50_lateness_s": round(quantile(lateness, 0.5), 3) if lateness else None,
+        "p99_lateness_s": round(quantile(lateness, 0.99), 3) if lateness else None,
     }
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
