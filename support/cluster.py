@@ -71,23 +71,35 @@ class Process:
 class Cluster:
     """One redis-server (store and broker), a recording runner, workers and beats."""
 
-    def __init__(self, tmp: Path, **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        redis: RedisServer | None = None,
+        name: str = "e2e",
+        pythonpath: str = str(REPO),
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        """``redis``: a started server (default: a new one without persistence);
+        ``name`` prefixes the queue; ``env`` is added to the processes' environment."""
         self.tmp = tmp
-        self.redis = RedisServer().start()
+        self.redis = redis or RedisServer().start()
         self.records = tmp / "records.jsonl"
         self.settings = {
             "redis_url": self.redis.url,
-            "queue": f"e2e-{uuid.uuid4().hex[:8]}",
+            "queue": f"{name}-{uuid.uuid4().hex[:8]}",
             "tick_seconds": 1,
             "lease_seconds": 5,
             "runner": "support.recording_runner:RecordingRunner",
             **settings,
         }
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")},
             **{f"SCHEDULED_PROMPTS_{k.upper()}": str(v) for k, v in self.settings.items()},
             "SP_TEST_RECORD_FILE": str(self.records),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": pythonpath,
+            **(env or {}),
         }
         self.processes: list[Process] = []
         scheduled_prompts.configure(**self.settings)

@@ -16,13 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import scheduled_prompts
 from support.cluster import REPO, Cluster, Process
 from support.redis_server import RedisServer
 
@@ -130,7 +128,7 @@ class FaultCluster(Cluster):
     """The end-to-end cluster, with a Redis that can be restarted on the same port and
     data, an optional ``celeryconfig`` override, and watched worker and beat processes.
 
-    ``Cluster.__init__`` is not called: it starts a Redis without persistence.
+    Its Redis keeps its data in ``tmp/redis`` (with ``redis_args``, e.g. AOF).
     """
 
     def __init__(
@@ -142,37 +140,20 @@ class FaultCluster(Cluster):
         env: dict[str, str] | None = None,
         **settings: Any,
     ) -> None:
-        self.tmp = tmp
-        self.redis_dir = tmp / "redis"
-        self.redis_dir.mkdir(parents=True)
-        self.redis = RedisServer(*redis_args, directory=str(self.redis_dir)).start()
-        self.records = tmp / "records.jsonl"
-        self.settings = {
-            "redis_url": self.redis.url,
-            "queue": f"faults-{uuid.uuid4().hex[:8]}",
-            "tick_seconds": 1,
-            "lease_seconds": 5,
-            "runner": "support.recording_runner:RecordingRunner",
-            **settings,
-        }
+        redis_dir = tmp / "redis"
+        redis_dir.mkdir(parents=True)
         self.cwd = REPO
         path = str(REPO)
         if celeryconfig is not None:
             # Shadows the repository's celeryconfig.py for these processes only.
             self.cwd = tmp / "conf"
-            self.cwd.mkdir()
+            self.cwd.mkdir(parents=True)
             (self.cwd / "celeryconfig.py").write_text(celeryconfig)
             path = f"{self.cwd}{os.pathsep}{REPO}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")},
-            **{f"SCHEDULED_PROMPTS_{k.upper()}": str(v) for k, v in self.settings.items()},
-            "SP_TEST_RECORD_FILE": str(self.records),
-            "PYTHONPATH": path,
-            **(env or {}),
-        }
-        self.processes: list[Process] = []
+        redis = RedisServer(*redis_args, directory=str(redis_dir)).start()
+        super().__init__(tmp, redis=redis, name="faults", pythonpath=path, env=env, **settings)
+        self.redis_dir = redis_dir
         self.watched: list[Watched] = []
-        scheduled_prompts.configure(**self.settings)
 
     def spawn(self, name: str, args: list[str]) -> Proc:
         proc = Proc(name, args, self.env, self.tmp / f"{name}.log", self.cwd)
