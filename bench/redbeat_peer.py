@@ -5,7 +5,6 @@ entries can be written in bulk exactly as redbeat's own API would write them one
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,14 +36,15 @@ def definition(
     kwargs: dict[str, Any],
     schedule: Any,
     *,
-    args: Sequence[Any] = (),
-    options: dict[str, Any] | None = None,
+    args: list[Any] | None,
+    options: dict[str, Any] | None,
     enabled: bool = True,
 ) -> str:
-    """The JSON ``save()`` stores in an entry's ``definition`` field."""
+    """The JSON ``save()`` stores in an entry's ``definition`` field (``args`` and
+    ``options`` as the entry holds them: ``None`` stays ``null``)."""
     return json.dumps(
-        {"name": name, "task": task, "args": list(args), "kwargs": kwargs,
-         "options": options or {}, "schedule": schedule, "enabled": enabled},
+        {"name": name, "task": task, "args": args, "kwargs": kwargs,
+         "options": options, "schedule": schedule, "enabled": enabled},
         cls=RedBeatJSONEncoder,
     )  # fmt: skip
 

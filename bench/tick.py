@@ -233,7 +233,9 @@ class RedBeatLoader:
 
     def definition(self, name: str, wl: Workload, i: int, dtstart: datetime) -> str:
         schedule = {**self.template, "dtstart": to_timestamp(dtstart), "dtstart_tz": 0}
-        return redbeat_peer.definition(name, REDBEAT_TASK, self.kwargs(wl, i), schedule)
+        return redbeat_peer.definition(
+            name, REDBEAT_TASK, self.kwargs(wl, i), schedule, args=[], options={}
+        )
 
     @staticmethod
     def kwargs(wl: Workload, i: int) -> dict[str, Any]:
