@@ -645,7 +645,7 @@ def time_phases(server: RedisServer, times: int) -> Phases:
         ("5. Redis round trip: send, Redis work, read replies", s["trip"]),
         ("   5a. redis-server CPU (INFO cpu)", min(extra["server_cpu_s"])),
         ("   5b. of which EVALSHA execution (commandstats)", min(extra["evalsha_s"])),
-        ("6. store.Stream rest (commands sent one by one)", stream - s["pack"] - s["trip"]),
+        ("6. store.Stream beyond the raw trip (packs, sends each alone)", stream - s["trip"]),
         ("7. schedule_many loop, promote_now, driver", s["total"] - build - create_ops - stream),
     ]
     extra.update(
