@@ -1,6 +1,6 @@
-"""celery-redbeat as the benchmarks' peer: an app on the bench server, and its stored
-form (definition and meta JSON, as ``RedBeatSchedulerEntry.save()`` writes them), so
-entries can be written in bulk exactly as redbeat's own API would write them one by one."""
+"""celery-redbeat as the benchmarks' peer: its app, and the writes of its ``save()``
+queued on a pipeline, so many entries are stored exactly as redbeat stores one.
+Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import Celery
 from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import ensure_conf
@@ -52,3 +53,20 @@ def definition(
 def meta(last_run_at: datetime | None) -> str:
     """The JSON ``save()`` stores in an entry's ``meta`` field."""
     return json.dumps({"last_run_at": last_run_at}, cls=RedBeatJSONEncoder)
+
+
+def queue_save(
+    pipe: redis.client.Pipeline,
+    schedule_key: str,
+    key: str,
+    *,
+    definition: str,
+    meta: str,
+    score: float,
+) -> None:
+    """Queue on ``pipe`` the three writes ``RedBeatSchedulerEntry.save()`` sends for one
+    entry (``definition`` and ``meta`` as JSON): HSET of the definition, HSETNX of the
+    meta, ZADD of ``key`` to the schedule with ``score``, its due time."""
+    pipe.hset(key, "definition", definition)
+    pipe.hsetnx(key, "meta", meta)
+    pipe.zadd(schedule_key, {key: score})

@@ -215,7 +215,7 @@ class NoSendScheduler(RedBeatScheduler):  # type: ignore[misc]
 
 
 class RedBeatLoader:
-    """Writes what ``RedBeatSchedulerEntry.save()`` writes, for many entries at once."""
+    """Stores many entries as ``RedBeatSchedulerEntry.save()`` stores one, pipelined."""
 
     def __init__(self, app: Celery, created: datetime) -> None:
         self.app = app
@@ -249,13 +249,13 @@ class RedBeatLoader:
         meta = self.meta(self.created)
         for chunk in wl.chunks():
             pipe = client.pipeline(transaction=False)
-            scores: dict[str, int] = {}
             for i in chunk:
-                key, at = self.key(i), wl.at(i)
+                at = wl.at(i)
                 definition = self.definition(self.name(i), wl, i, at)
-                pipe.hset(key, mapping={"definition": definition, "meta": meta})
-                scores[key] = to_timestamp(at)
-            pipe.zadd(self.schedule_key, scores)
+                redbeat_peer.queue_save(
+                    pipe, self.schedule_key, self.key(i),
+                    definition=definition, meta=meta, score=to_timestamp(at),
+                )  # fmt: skip
             pipe.execute()
             _loaded("redbeat", chunk.stop, wl.size, started)
 
