@@ -1,0 +1,299 @@
+"""Scheduling throughput rows: ``schedule_prompt`` and ``schedule_many`` (one-time, cron)
+against redbeat's ``save()`` and its writes pipelined, each run on an emptied server.
+Method and figures: docs/performance.md, "Scheduling throughput" and "Methods"."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redbeat.schedulers import RedBeatSchedulerEntry
+from redbeat.schedulers import get_redis as redbeat_redis
+from redbeat.schedules import rrule
+
+import scheduled_prompts
+from scheduled_prompts import api
+from scheduled_prompts.connection import scope
+from support.redis_server import RedisServer
+
+from . import redbeat_peer
+from .common import client_for, machine, median, progress, redis_server, table, write_results
+
+PROMPT = (
+    "Every weekday morning, summarise the overnight alerts of the payments cluster: list the "
+    "three noisiest services with their error rates and one concrete follow-up for each, "
+    "in ten lines at most."
+).ljust(200, ".")[:200]
+USERS = 1_000
+PLATFORM = "bench"
+ONCE_DELAY = 3_600
+CRON = "*/5 * * * *"
+CRON_ZONE = "Europe/Paris"
+SINGLE_PROMISE = 1_000
+MANY_PROMISE = 20_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single: int
+    many: int
+    cron: int
+
+
+FULL = Sizes(single=5_000, many=20_000, cron=5_000)
+QUICK = Sizes(single=1_000, many=5_000, cron=1_000)
+
+
+def user(i: int) -> str:
+    return f"user-{i % USERS:04d}"
+
+
+def once_specs(n: int) -> list[dict[str, Any]]:
+    """``n`` schedule_prompt keyword sets: one-time, due 3600 + i s ahead."""
+    return [
+        {"prompt": PROMPT, "user_id": user(i), "platform": PLATFORM, "delay": ONCE_DELAY + i}
+        for i in range(n)
+    ]
+
+
+def cron_specs(n: int) -> list[dict[str, Any]]:
+    """``n`` cron keyword sets starting one hour ahead (first run beyond the horizon)."""
+    start_at = datetime.now(UTC) + timedelta(hours=1)
+    return [
+        {
+            "prompt": PROMPT,
+            "user_id": user(i),
+            "platform": PLATFORM,
+            "cron": CRON,
+            "timezone": CRON_ZONE,
+            "start_at": start_at,
+        }
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Row:
+    system: str
+    operation: str
+    prompts: int
+    seconds: list[float]
+    promise: int | None = None
+
+    @property
+    def rates(self) -> list[float]:
+        return [self.prompts / s for s in self.seconds]
+
+    def cells(self) -> list[Any]:
+        rates = self.rates
+        verdict = ""
+        if self.promise is not None:
+            met = "met" if median(rates) >= self.promise else "MISSED"
+            verdict = f">= {self.promise:,}/s: {met}"
+        return [
+            self.system,
+            self.operation,
+            self.prompts,
+            median(rates),
+            f"{min(rates):,.0f}-{max(rates):,.0f}",
+            verdict,
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        rates = self.rates
+        return {
+            "system": self.system,
+            "operation": self.operation,
+            "prompts_per_run": self.prompts,
+            "seconds": self.seconds,
+            "rates": rates,
+            "median_rate": median(rates),
+            "min_rate": min(rates),
+            "max_rate": max(rates),
+            "promise": self.promise,
+        }
+
+
+HEADERS = (
+    "system",
+    "operation",
+    "prompts per run",
+    "median prompts/s",
+    "min-max prompts/s",
+    "SPEC §8",
+)
+
+
+def measure(
+    prepare: Callable[[], Any],
+    action: Callable[[Any], object],
+    check: Callable[[], int],
+    expected: int,
+    *,
+    runs: int,
+    warmup: int = 1,
+) -> list[float]:
+    """Seconds of ``action(prepare())`` per run; ``prepare`` (flush, inputs) is untimed.
+
+    After every run ``check()`` must count ``expected`` stored prompts.
+    """
+    out: list[float] = []
+    for i in range(warmup + runs):
+        state = prepare()
+        gc.collect()
+        start = time.perf_counter()
+        action(state)
+        elapsed = time.perf_counter() - start
+        stored = check()
+        if stored != expected:
+            raise RuntimeError(f"run {i}: {stored} prompts stored, expected {expected}")
+        if i >= warmup:
+            out.append(elapsed)
+    return out
+
+
+def ours_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
+    flusher = client_for(server)
+    ids_key = scope().keys.ids
+
+    def stored() -> int:
+        return int(flusher.zcard(ids_key))
+
+    def fresh(build: Callable[[int], list[dict[str, Any]]], n: int) -> Callable[[], Any]:
+        def prepare() -> list[dict[str, Any]]:
+            flusher.flushall()
+            return build(n)
+
+        return prepare
+
+    def one_by_one(specs: list[dict[str, Any]]) -> None:
+        schedule = api.schedule_prompt
+        for spec in specs:
+            schedule(**spec)
+
+    rows = []
+    progress(f"ours: schedule_prompt x {sizes.single:,}, {runs} runs")
+    seconds = measure(fresh(once_specs, sizes.single), one_by_one, stored, sizes.single, runs=runs)
+    rows.append(
+        Row(
+            "ours",
+            "schedule_prompt, one-time, one call each",
+            sizes.single,
+            seconds,
+            SINGLE_PROMISE,
+        )
+    )
+    progress(f"ours: schedule_many of {sizes.many:,} one-time prompts, {runs} runs")
+    seconds = measure(
+        fresh(once_specs, sizes.many), api.schedule_many, stored, sizes.many, runs=runs
+    )
+    rows.append(Row("ours", "schedule_many, one-time", sizes.many, seconds, MANY_PROMISE))
+    progress(f"ours: schedule_many of {sizes.cron:,} cron prompts, {runs} runs")
+    seconds = measure(
+        fresh(cron_specs, sizes.cron), api.schedule_many, stored, sizes.cron, runs=runs
+    )
+    rows.append(Row("ours", f"schedule_many, cron {CRON!r} {CRON_ZONE}", sizes.cron, seconds))
+    return rows
+
+
+def redbeat_entry(app: Any, i: int) -> Any:
+    """Entry ``i``: a one-shot rrule 3600 + i s ahead, kwargs carrying the prompt."""
+    when = datetime.now(UTC) + timedelta(seconds=ONCE_DELAY + i)
+    return RedBeatSchedulerEntry(
+        name=f"prompt-{i}",
+        task="bench.deliver_prompt",
+        schedule=rrule("MINUTELY", dtstart=when, count=1, app=app),
+        kwargs={"prompt": PROMPT, "user_id": user(i), "platform": PLATFORM},
+        app=app,
+    )
+
+
+def redbeat_pipelined(app: Any, n: int) -> None:
+    """``save()``'s three writes for ``n`` entries, in one pipeline (not redbeat's API)."""
+    schedule_key = app.redbeat_conf.schedule_key
+    pipe = redbeat_redis(app).pipeline(transaction=False)
+    for i in range(n):
+        entry = redbeat_entry(app, i)
+        definition = redbeat_peer.definition(
+            entry.name, entry.task, entry.kwargs, entry.schedule,
+            args=entry.args, options=entry.options, enabled=entry.enabled,
+        )  # fmt: skip
+        meta = redbeat_peer.meta(entry.last_run_at)
+        redbeat_peer.queue_save(
+            pipe, schedule_key, entry.key, definition=definition, meta=meta, score=entry.score
+        )
+    pipe.execute()
+
+
+def redbeat_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
+    app = redbeat_peer.redbeat_app(server.url)
+    flusher = client_for(server)
+    redbeat_entry(app, 0)  # builds app.redbeat_conf
+    schedule_key = app.redbeat_conf.schedule_key
+
+    def stored() -> int:
+        return int(flusher.zcard(schedule_key))
+
+    def fresh(n: int) -> Callable[[], int]:
+        def prepare() -> int:
+            flusher.flushall()
+            return n
+
+        return prepare
+
+    def one_by_one(n: int) -> None:
+        for i in range(n):
+            redbeat_entry(app, i).save()
+
+    rows = []
+    progress(f"redbeat: RedBeatSchedulerEntry(...).save() x {sizes.single:,}, {runs} runs")
+    seconds = measure(fresh(sizes.single), one_by_one, stored, sizes.single, runs=runs)
+    rows.append(
+        Row("celery-redbeat", "entry.save(), rrule count=1, one each", sizes.single, seconds)
+    )
+    progress(f"redbeat: hand-pipelined writes of {sizes.many:,} entries, {runs} runs")
+    seconds = measure(
+        fresh(sizes.many), lambda n: redbeat_pipelined(app, n), stored, sizes.many, runs=runs
+    )
+    rows.append(
+        Row(
+            "celery-redbeat",
+            "save()'s writes hand-pipelined, NOT redbeat API",
+            sizes.many,
+            seconds,
+        )
+    )
+    return rows
+
+
+def run(sizes: Sizes, runs: int, quick: bool) -> int:
+    """The rows, printed as one table and written to ``bench/results/throughput.json``."""
+    with redis_server() as server:
+        scheduled_prompts.configure(redis_url=server.url, max_prompts_per_user=None)
+        try:
+            rows = ours_rows(server, sizes, runs) + redbeat_rows(server, sizes, runs)
+            info = machine(client_for(server))
+        finally:
+            scheduled_prompts.configure()
+    title = f"Scheduling throughput (median of {runs} runs, 200-char prompts, 1,000 users)"
+    print(table(title, HEADERS, [r.cells() for r in rows]))
+    path = write_results(
+        "throughput-quick" if quick else "throughput",
+        {
+            "benchmark": "throughput",
+            "quick": quick,
+            "runs": runs,
+            "warmup_runs": 1,
+            "state_between_runs": "FLUSHALL before every run: each run starts empty",
+            "prompt_chars": len(PROMPT),
+            "users": USERS,
+            "machine": info,
+            "rows": [r.as_dict() for r in rows],
+        },
+    )
+    progress(f"wrote {path}")
+    return 0
