@@ -493,11 +493,8 @@ def _publish_cost(n: int, base: dict[str, Any]) -> list[dict[str, Any]]:
 
     due = int((time.time() + 3600) * 1000)
     fake = [Delivery(f"publish{i:06d}", due) for i in range(n)]
-    has_batches = "deliver_batch_size" in {
-        f.name for f in dataclasses.fields(scheduled_prompts.Settings)
-    }
     phases = []
-    for size in [1, None] if has_batches else [None]:
+    for size in (1, None):
         scheduled_prompts.configure(**base, **({} if size is None else {"deliver_batch_size": 1}))
         client = get_redis()
         sp_tasks.publish(fake[:10])  # warm the producer pool and connection
@@ -507,7 +504,7 @@ def _publish_cost(n: int, base: dict[str, Any]) -> list[dict[str, Any]]:
         dt = time.perf_counter() - t0
         messages = int(client.llen(base["queue"]))
         client.delete(base["queue"])
-        what = "" if not has_batches else " batch size 1," if size == 1 else " default batch,"
+        what = " batch size 1," if size == 1 else " default batch,"
         phases.append(
             {"phase": f"tasks.publish:{what} {messages:,} message(s)", "ms": dt * 1e6 / n}
         )
