@@ -1,8 +1,6 @@
-"""``python -m bench [--quick] [--only NAME,...]``: every benchmark, one after the other.
-
-Each prints its table and writes ``bench/results/<name>.json``; ``make bench`` runs this.
-The fault-injection suite is separate (``make faults``). Exits 1 if a benchmark failed.
-"""
+"""``python -m bench [--quick] [--only NAME,...]``: every benchmark, one after the other,
+each printing its table and writing ``bench/results/<name>.json``. Exits 1 if one failed.
+Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 

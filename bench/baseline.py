@@ -1,15 +1,6 @@
-"""The seed's original design, kept as a peer for the benchmarks.
-
-What it is: each prompt is one JSON record under its own key (``seed:prompt:{id}``, the
-same compact JSON our store writes, from :meth:`ScheduledPrompt.to_json`), and nothing
-else — no index. Its tick therefore has to look at every record: ``SCAN`` over the record
-keys, ``MGET`` of each batch, parse every record, and keep the live ones (``scheduled``
-or ``active``) whose ``next_run_at`` is at or before ``now``.
-
-What it leaves out, in its favour: parsing is a bare ``json.loads`` (no validation into
-a ``ScheduledPrompt``), and the tick only *picks* the due records — it does not mark
-them or publish anything, so its figure is a lower bound on the real design's cost.
-"""
+"""The seed's original design as a peer: one JSON record per key, no index, a tick that
+SCANs, MGETs and parses every record (a lower bound on that design's cost).
+Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 

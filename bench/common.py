@@ -1,9 +1,6 @@
-"""What every benchmark shares: a private redis-server, medians, a table, a JSON file.
-
-Each ``bench/<name>.py`` measures ours and the peer in the same process against the same
-Redis, prints one Markdown table and writes ``bench/results/<name>.json`` with the machine
-it ran on, so a rerun can be compared figure by figure.
-"""
+"""What every benchmark shares: a private redis-server, the median and one quantile,
+``sleep_until``, a Markdown table, a JSON file with the machine.
+Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 

@@ -1,22 +1,6 @@
-"""The peers' Celery app: one no-op task that records when it ran, and redbeat's settings.
-
-``celery -A bench.peers worker`` runs the task for the plain-ETA and celery-redbeat rows
-of the benchmarks; ``celery -A bench.peers beat -S redbeat.RedBeatScheduler`` is the
-redbeat peer. The app has the **same Celery settings as ours** (``celery_config()`` of
-the current ``SCHEDULED_PROMPTS_*`` settings: broker, acks late, prefetch 1, JSON, task
-events) minus our beat schedule, on its own queue, so the rows differ only in what sits
-between "due" and "task runs".
-
-Environment (read at import, so worker and beat processes pick it up):
-
-- ``BENCH_PEER_QUEUE``: queue of the no-op task (default ``bench-peers``);
-- ``BENCH_PEER_RECORD_FILE``: file the task appends one JSON line per run to;
-- ``BENCH_REDBEAT_MAX_INTERVAL``: beat's max interval (``beat_max_loop_interval``, the
-  longest beat sleeps between two looks at the schedule) in seconds (default 5).
-
-The no-op task appends ``{"key", "due", "at", "pid"}`` with ``at = time.time()`` (wall
-clock, the clock the recording runner uses too) in one ``O_APPEND`` write.
-"""
+"""The peers' Celery app (``celery -A bench.peers worker|beat``): our Celery settings,
+its own queue, one no-op task that records when it ran, and redbeat's settings.
+Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 
