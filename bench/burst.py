@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ import redis
 import scheduled_prompts
 from bench.common import machine, median, progress, redis_server, sleep_until, table, write_results
 from support.cluster import Cluster, Process
+from support.recording_runner import read_records
 
 BATCH_ENV = "SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE"
 MAX_INTERVAL = 5  # redbeat's beat max interval in these runs (seconds)
@@ -58,14 +58,6 @@ class RecordTail:
         self.partial = lines.pop()
         self.count += sum(1 for line in lines if self.needle in line)
         return self.count
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        with path.open() as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def wait_for_count(tail: RecordTail, expected: int, *, deadline: float, stall: float = 30.0) -> int:
@@ -327,7 +319,7 @@ def _peer_run(
     backlog = int(client.llen(peer_env(c)["BENCH_PEER_QUEUE"]))
     path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
     wait_for_count(RecordTail(path), n, deadline=wait_deadline(t, n))
-    records = read_jsonl(path)
+    records = read_records(str(path))
     run = BurstRun(*label, n, concurrency, t, end - start, t - end, backlog)
     run.finish([r["at"] for r in records], [r["key"] for r in records])
     client.close()

@@ -44,8 +44,10 @@ class RecordingRunner:
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
+    """Every complete line: a line without its newline yet is being written (a reader
+    can see part of a write that is in progress), and is read the next time."""
     try:
         with open(path) as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            return [json.loads(line) for line in fh if line.endswith("\n") and line.strip()]
     except FileNotFoundError:
         return []
