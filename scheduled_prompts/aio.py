@@ -18,15 +18,15 @@ from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
 
-from . import api, engine, hydration, operations, plans, retention
+from . import api, connection, engine, hydration, operations, plans, retention
 from ._time import utcnow
 from .api import Verb, present, publish
-from .connection import client_kwargs, scope
-from .errors import PromptError, StoreUnavailable
+from .connection import scope
+from .errors import PromptError
 from .models import ScheduledPrompt
 from .operations import ExportPage, ImportResult
 from .plans import Plan
-from .settings import get_settings, mask_url
+from .settings import get_settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -34,11 +34,7 @@ T = TypeVar("T")
 
 def new_async_redis() -> AsyncRedis:
     """A ``redis.asyncio`` client for the configured Redis URL (close it when done)."""
-    settings = get_settings()
-    try:
-        return AsyncRedis.from_url(settings.redis_url, **client_kwargs(settings))
-    except ValueError as exc:
-        raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+    return connection.new_async_redis(get_settings())
 
 
 async def arun(plan: Plan[T], client: AsyncRedis | None = None) -> T:

@@ -11,10 +11,11 @@ import importlib
 from datetime import timedelta
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 
-from .settings import Settings, get_settings, on_reset
+from .settings import Settings, get_settings, on_reset, sentinel_target
 from .worker import Pulse, RestoreStranded
 
 
@@ -22,7 +23,7 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
     """The Celery settings the app runs with, derived from ``settings``."""
     s = settings or get_settings()
     return {
-        "broker_url": s.effective_broker_url,
+        **broker_config(s),
         "broker_connection_retry_on_startup": True,
         # Celery's consumer exits the worker when a Redis broker goes away (see
         # scheduled_prompts.worker); ours reconnects and puts back what it held.
@@ -30,9 +31,6 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
         # A runner call in progress when the broker goes away finishes and commits
         # through the store; cancelling it would only repeat it after the reconnect.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
-        # must outlast the horizon, or the Redis transport redelivers them early.
-        "broker_transport_options": {"visibility_timeout": s.visibility_timeout},
         "task_default_queue": s.queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -56,6 +54,40 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
             },
         },
     }
+
+
+def broker_config(s: Settings) -> dict[str, Any]:
+    """``broker_url`` and its transport options: ``SCHEDULED_PROMPTS_BROKER_URL``, else
+    the store's Redis — through kombu's Sentinel transport when the store is behind
+    Sentinel (``master_name`` = the service), with the same credentials and TLS."""
+    # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
+    # must outlast the horizon, or the Redis transport redelivers them early.
+    options: dict[str, Any] = {"visibility_timeout": s.visibility_timeout}
+    config: dict[str, Any] = {"broker_transport_options": options}
+    target = None if s.broker_url else sentinel_target(s.redis_url)
+    if target is None:
+        return config | {"broker_url": s.broker_url or s.redis_url}
+    credentials = ""
+    if target.username or target.password is not None:
+        credentials = quote(target.username or "", safe="")
+        if target.password is not None:
+            credentials += ":" + quote(target.password, safe="")
+        credentials += "@"
+    config["broker_url"] = ";".join(
+        f"sentinel://{credentials}{f'[{host}]' if ':' in host else host}:{port}/{target.db}"
+        for host, port in target.sentinels
+    )
+    options["master_name"] = target.service
+    watch: dict[str, Any] = {}
+    if s.sentinel_password is not None:
+        watch["password"] = s.sentinel_password
+    if target.tls:
+        tls = {"ssl_cert_reqs": "required", **target.tls_options}
+        watch.update(ssl=True, **tls)
+        config["broker_use_ssl"] = tls
+    if watch:
+        options["sentinel_kwargs"] = watch
+    return config
 
 
 def create_app(settings: Settings | None = None) -> Celery:

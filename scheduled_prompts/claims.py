@@ -66,7 +66,7 @@ class Claims:
         for d in deliveries:
             script_keys += [keys.prompt(d.prompt_id), keys.lease(d.prompt_id), keys.done(d.key)]
             args += ["" if d.trigger else str(d.occurrence_ms), d.key]
-        rows = store.Eval(store.CLAIM, script_keys, args).run(self.client)
+        rows = self.ctx.durable(store.Eval(store.CLAIM, script_keys, args)).run(self.client)
         self._renewed = time.monotonic()
         out: list[Result | Claimed] = []
         for i, d in enumerate(deliveries):
@@ -201,7 +201,7 @@ class Claims:
                 sent.append((i, new))
             if not sent:
                 return
-            replies = store.Eval(store.COMMIT, script_keys, args).run(self.client)
+            replies = self.ctx.durable(store.Eval(store.COMMIT, script_keys, args)).run(self.client)
             for (i, new), reply in zip(sent, replies, strict=True):
                 if store.as_text(reply) == "ok":
                     results[i] = new

@@ -1,4 +1,16 @@
-"""The process's Redis client for the store, built from settings, and its errors."""
+"""The process's Redis client for the store, built from settings, and its errors.
+
+``SCHEDULED_PROMPTS_REDIS_URL`` is any URL redis-py takes (``redis://``, ``rediss://``,
+``unix://``), or a Sentinel URL naming the sentinels and the service they watch::
+
+    redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/DB]
+    rediss+sentinel://...   (TLS to the data nodes and to the sentinels)
+
+The user and password are the data nodes'; the sentinels' own password is
+``SCHEDULED_PROMPTS_SENTINEL_PASSWORD``. Every client the package makes — the API's, the
+asyncio API's, the CLI's, ``doctor``'s — is built here, so each follows the primary the
+sentinels name and finds the new one after a failover.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +18,113 @@ import threading
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 
 from .errors import StoreUnavailable
 from .keys import Keys
-from .settings import Settings, get_settings, mask_url, on_reset
+from .settings import (
+    SentinelTarget,
+    Settings,
+    get_settings,
+    mask_url,
+    on_reset,
+    sentinel_target,
+)
 from .store import Scope
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
 
 
-def client_kwargs(settings: Settings) -> dict[str, Any]:
+def client_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
+    """The store clients' options; ``timeout`` replaces the socket timeouts."""
+    seconds = settings.redis_timeout_seconds if timeout is None else timeout
     return {
         "decode_responses": True,
-        "socket_timeout": settings.redis_timeout_seconds,
-        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
         "health_check_interval": 30,
     }
+
+
+def _sentinel_kwargs(
+    settings: Settings, target: SentinelTarget, kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options of the connections to the sentinels, options of those to the data nodes)."""
+    node = dict(kwargs, db=target.db, username=target.username, password=target.password)
+    watch: dict[str, Any] = {
+        "socket_timeout": kwargs["socket_timeout"],
+        "socket_connect_timeout": kwargs["socket_connect_timeout"],
+        "password": settings.sentinel_password,
+    }
+    if target.tls:
+        node.update(ssl=True, **target.tls_options)
+        watch.update(ssl=True, **target.tls_options)
+    return watch, node
+
+
+def sentinel_link(
+    settings: Settings, target: SentinelTarget, address: tuple[str, int], timeout: float
+) -> redis.Redis:
+    """A client of one sentinel (its password, TLS), to ask it about the service."""
+    watch, _ = _sentinel_kwargs(settings, target, client_kwargs(settings, timeout))
+    return redis.Redis(host=address[0], port=address[1], decode_responses=True, **watch)
+
+
+class _SentinelRedis(redis.Redis):
+    """A client of the primary a Sentinel names; closing it closes the sentinel links."""
+
+    def close(self) -> None:
+        super().close()
+        pool: Any = self.connection_pool  # redis-py's SentinelConnectionPool is untyped
+        for link in pool.sentinel_manager.sentinels:
+            link.close()
+
+
+class _AsyncSentinelRedis(redis.asyncio.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool
+        for link in pool.sentinel_manager.sentinels:
+            await link.aclose()
+
+
+def new_redis(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
+    """A new ``redis.Redis`` for ``settings.redis_url`` (plain or Sentinel URL).
+
+    Raises :class:`StoreUnavailable` for a URL it cannot use, the URL masked.
+    """
+    kwargs = client_kwargs(settings, timeout)
+    try:
+        target = sentinel_target(settings.redis_url)
+        if target is None:
+            return redis.Redis.from_url(settings.redis_url, **kwargs)
+    except ValueError as exc:
+        raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+    watch, node = _sentinel_kwargs(settings, target, kwargs)
+    manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(target.service, redis_class=_SentinelRedis)  # type: ignore[no-untyped-call]
+    return client
+
+
+def new_async_redis(settings: Settings | None = None) -> redis.asyncio.Redis:
+    """A ``redis.asyncio`` client for the configured Redis URL (close it when done)."""
+    settings = settings or get_settings()
+    kwargs = client_kwargs(settings)
+    try:
+        target = sentinel_target(settings.redis_url)
+        if target is None:
+            return redis.asyncio.Redis.from_url(settings.redis_url, **kwargs)
+    except ValueError as exc:
+        raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+    watch, node = _sentinel_kwargs(settings, target, kwargs)
+    manager = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)  # type: ignore[no-untyped-call]
+    client: redis.asyncio.Redis = manager.master_for(
+        target.service, redis_class=_AsyncSentinelRedis
+    )
+    return client
 
 
 def get_redis() -> redis.Redis:
@@ -30,11 +132,7 @@ def get_redis() -> redis.Redis:
     global _client
     with _lock:
         if _client is None:
-            settings = get_settings()
-            try:
-                _client = redis.Redis.from_url(settings.redis_url, **client_kwargs(settings))
-            except ValueError as exc:
-                raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+            _client = new_redis(get_settings())
         return _client
 
 

@@ -7,6 +7,7 @@ It runs with append-only persistence in a local folder and ``noeviction``, so a 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -14,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import redis
 from redis.exceptions import RedisError
+
+from .connection import new_redis
+from .errors import StoreUnavailable
+from .settings import get_settings
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -34,7 +38,11 @@ def redis_server_binary() -> tuple[str, str] | None:
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """Whether the Redis at ``url`` (any URL the store takes, Sentinel too) answers PING."""
+    try:
+        client = new_redis(dataclasses.replace(get_settings(), redis_url=url), timeout=timeout)
+    except StoreUnavailable:
+        return False
     try:
         return bool(client.ping())
     except (RedisError, OSError):

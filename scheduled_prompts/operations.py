@@ -171,8 +171,8 @@ def import_records(
         except InvalidSchedule:
             result.skipped["invalid record"] += 1
             continue
-        outcome = yield store.put_op(
-            ctx.keys, [Put(record, None)], ctx.settings.max_prompts_per_user
+        outcome = yield ctx.durable(
+            store.put_op(ctx.keys, [Put(record, None)], ctx.settings.max_prompts_per_user)
         )
         state = store.as_text(outcome[0])
         if state == "ok":
@@ -217,10 +217,16 @@ def store_health(ctx: Scope, now: datetime) -> Plan[list[Check]]:
         checks.append(Check("maxmemory-policy", policy == "noeviction", policy + advice))
         aof = config.get("appendonly") == "yes"
         save = config.get("save", "")
-        detail = "AOF on" if aof else (f"RDB snapshots ({save}); AOF recommended" if save else "")
-        checks.append(
-            Check("persistence", bool(aof or save), detail or "off: a restart loses every prompt")
-        )
+        if aof:
+            detail = "AOF on"
+        elif save:
+            detail = (
+                f"RDB snapshots only ({save}): a crash loses the writes since the last one; "
+                "set appendonly yes"
+            )
+        else:
+            detail = "off: a restart loses every prompt; set appendonly yes"
+        checks.append(Check("persistence", aof, detail))
     last = yield store.Command(("GET", ctx.keys.beat))
     tick = ctx.settings.tick_seconds
     if last is None:

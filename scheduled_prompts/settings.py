@@ -15,9 +15,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote
 
 ENV_PREFIX = "SCHEDULED_PROMPTS_"
+
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+SENTINEL_PORT = 26379
+SENTINEL_FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/DB]"
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_password")
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -73,6 +78,19 @@ class Settings:
     tool_max_days_ahead: float = _setting(
         366.0, "LLM tools: farthest a one-time prompt may be scheduled, in days."
     )
+    sentinel_password: str | None = _setting(
+        None,
+        "Password of the Sentinel processes themselves, for `redis+sentinel://` URLs "
+        "(the data nodes' password is the URL's).",
+    )
+    min_replicas: int = _setting(
+        0,
+        "Replicas that must acknowledge a create, change, claim or commit (`WAIT`) "
+        "before it counts as done; 0 = do not wait.",
+    )
+    min_replicas_timeout_ms: int = _setting(
+        1000, "How long a write waits for `SCHEDULED_PROMPTS_MIN_REPLICAS` replicas."
+    )
     redis_timeout_seconds: float = _setting(
         5.0, "Socket connect and read timeout of the store's Redis connections."
     )
@@ -83,9 +101,14 @@ class Settings:
         None, "Folder of the workers' pulse files; unset means `<tmp>/scheduled-prompts-pulse`."
     )
 
-    @property
-    def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("redis_url", "broker_url"):
+            if shown[name] is not None:
+                shown[name] = mask_url(shown[name])
+        if shown["sentinel_password"] is not None:
+            shown["sentinel_password"] = "***"
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def visibility_timeout(self) -> int:
@@ -133,6 +156,8 @@ _NON_NEGATIVE = {
     "max_metadata_bytes",
     "max_prompts_per_user",
     "redis_timeout_seconds",
+    "min_replicas",
+    "min_replicas_timeout_ms",
     "pulse_seconds",
     "tool_max_active_prompts",
     "tool_min_cron_interval_seconds",
@@ -153,6 +178,12 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     if unknown:
         raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
+    url = values.get("redis_url")
+    if isinstance(url, str):
+        try:
+            sentinel_target(url)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}REDIS_URL={exc}") from None
     for name in _NON_NEGATIVE:
         value = values.get(name)
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -195,23 +226,98 @@ def on_reset(hook: Callable[[], None]) -> None:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (the user name is kept)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    # Any *password= parameter (password=, ssl_password= for the client key, …).
-    query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", parts.query)
-    if parts.password is None:
-        return url if query == parts.query else url.replace(parts.query, query)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """``url`` with its passwords replaced by ``***`` (user names are kept).
+
+    Handles one host or several (``redis+sentinel://u:pw@h1:p1,h2:p2/service``), and a
+    kombu failover list of URLs separated by ``;``; a ``*password=`` query argument
+    (``password=``, ``ssl_password=`` for the client key) is masked too.
+    """
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            cut = min(cut, found)
+    netloc, tail = rest[:cut], rest[cut:]
+    path, qmark, query = tail.partition("?")
+    query, hash_, fragment = query.partition("#")
+    query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", query)
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    return f"{scheme}://{netloc}{path}{qmark}{query}{hash_}{fragment}"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_options: Mapping[str, str] = field(default_factory=dict)
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The sentinels and service ``url`` names; None when it is not a Sentinel URL.
+
+    Raises ValueError, saying what is accepted, for a malformed Sentinel URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        return None
+    shown = mask_url(url)
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{shown}: {problem}; expected {SENTINEL_FORM} (rediss+sentinel for TLS)")
+
+    tls = SENTINEL_SCHEMES[scheme.lower()]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = tuple(_host_port(part, bad) for part in hosts.split(","))
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise bad("the path must be the service name, then optionally the database number")
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise bad(f"database {parts[1]!r} is not a number")
+        db = int(parts[1])
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in TLS_OPTIONS or not tls:
+            accepted = ", ".join(TLS_OPTIONS) + " (with rediss+sentinel)"
+            raise bad(f"unknown option {key!r} (accepted: {accepted})")
+        options[key] = value
+    return SentinelTarget(sentinels, unquote(parts[0]), db, username, password, tls, options)
+
+
+def _host_port(text: str, bad: Any) -> tuple[str, int]:
+    if not text:
+        raise bad("a sentinel address is empty")
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise bad(f"sentinel address {text!r} has no host")
+    if port and not port.isdigit():
+        raise bad(f"sentinel address {text!r} has a port that is not a number")
+    return host, int(port) if port else SENTINEL_PORT
 
 
 def settings_table() -> str:

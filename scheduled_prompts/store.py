@@ -11,13 +11,15 @@ error leaves either the whole change or none of it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._time import to_ms
@@ -37,11 +39,57 @@ CAS_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Replicas that must acknowledge a write (``WAIT``, on the write's own connection)
+    before it counts as done (``SCHEDULED_PROMPTS_MIN_REPLICAS``)."""
+
+    replicas: int
+    timeout_ms: int
+
+    def check(self, reply: Any) -> None:
+        acknowledged = int(reply)
+        if acknowledged < self.replicas:
+            raise NotReplicated(acknowledged, self)
+
+
+class NotReplicated(RedisConnectionError):
+    """A write reached fewer replicas than required in time.
+
+    It is applied on the primary, but a failover now could lose it; it is a connection
+    error so that callers which retry a write while Redis is away (a commit) retry it.
+    """
+
+    def __init__(self, acknowledged: int, wait: Wait) -> None:
+        self.acknowledged = acknowledged
+        self.wait = wait
+        super().__init__(
+            f"the write reached {acknowledged} of the {wait.replicas} replica(s) "
+            f"SCHEDULED_PROMPTS_MIN_REPLICAS requires within {wait.timeout_ms} ms; it is "
+            "applied on the primary, but a failover now could lose it"
+        )
+
+
+W = TypeVar("W", "Eval", "Stream")
+
+#: Scripts a waiting call has run in this process: the next goes without SCRIPT LOAD (a
+#: new primary after a failover answers NOSCRIPT once, and the call is sent again).
+_LOADED: set[str] = set()
+
+
+@dataclass(frozen=True)
 class Scope:
     """What every store operation needs: the key names and the settings."""
 
     keys: Keys
     settings: Settings
+
+    def durable(self, op: W) -> W:
+        """``op`` (a create, change, claim or commit), made to wait for
+        ``SCHEDULED_PROMPTS_MIN_REPLICAS`` replicas; ``op`` itself when that is 0."""
+        replicas = self.settings.min_replicas
+        if not replicas:
+            return op
+        return dataclasses.replace(op, wait=Wait(replicas, self.settings.min_replicas_timeout_ms))
 
 
 @dataclass(frozen=True)
@@ -408,11 +456,16 @@ class Read(Op):
 
 @dataclass(frozen=True)
 class Eval(Op):
+    """One script call; with ``wait``, followed by ``WAIT`` in the same round trip."""
+
     script: Script
     keys: Sequence[str]
     args: Sequence[str | int | float]
+    wait: Wait | None = None
 
     def run(self, redis: Redis) -> Any:
+        if self.wait is not None:
+            return self._run_waiting(redis, self.wait)
         try:
             return redis.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
         except NoScriptError:
@@ -420,11 +473,53 @@ class Eval(Op):
             return redis.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
 
     async def arun(self, redis: AsyncRedis) -> Any:
+        if self.wait is not None:
+            return await self._arun_waiting(redis, self.wait)
         try:
             return await redis.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
         except NoScriptError:
             await redis.script_load(self.script.source)
             return await redis.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    # WAIT counts the replicas that acknowledged the writes of *its own connection*: the
+    # script and WAIT go down one connection, as a pipeline. A script this process has not
+    # run yet is loaded in the same round trip (a NOSCRIPT would cost a second WAIT).
+
+    def _run_waiting(self, redis: Redis, wait: Wait) -> Any:
+        for load in (self.script.sha not in _LOADED, True):
+            pipe = redis.pipeline(transaction=False)
+            if load:
+                pipe.script_load(self.script.source)
+            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)  # type: ignore[no-untyped-call]
+            try:
+                *_, result, acknowledged = pipe.execute()
+            except NoScriptError:
+                if load:
+                    raise
+                continue
+            _LOADED.add(self.script.sha)
+            wait.check(acknowledged)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _arun_waiting(self, redis: AsyncRedis, wait: Wait) -> Any:
+        for load in (self.script.sha not in _LOADED, True):
+            pipe = redis.pipeline(transaction=False)
+            if load:
+                pipe.script_load(self.script.source)
+            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+            try:
+                *_, result, acknowledged = await pipe.execute()
+            except NoScriptError:
+                if load:
+                    raise
+                continue
+            _LOADED.add(self.script.sha)
+            wait.check(acknowledged)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -536,24 +631,34 @@ class Pipeline(Op):
     """Several operations in one round trip (no transaction: each is atomic by itself)."""
 
     ops: Sequence[Eval]
+    wait: Wait | None = None
 
     # SCRIPT LOAD goes first in the same pipeline, so no EVALSHA can meet NOSCRIPT.
 
-    def run(self, redis: Redis) -> list[Any]:
-        pipe = redis.pipeline(transaction=False)
+    def _fill(self, pipe: Any) -> None:
         for source in {op.script.source for op in self.ops}:
             pipe.script_load(source)
         for op in self.ops:
             pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-        return list(pipe.execute())[-len(self.ops) :] if self.ops else []
+        if self.wait is not None:
+            pipe.execute_command("WAIT", self.wait.replicas, self.wait.timeout_ms)
+
+    def _results(self, replies: list[Any]) -> list[Any]:
+        if not self.ops:
+            return []
+        if self.wait is not None:
+            self.wait.check(replies.pop())
+        return replies[-len(self.ops) :]
+
+    def run(self, redis: Redis) -> list[Any]:
+        pipe = redis.pipeline(transaction=False)
+        self._fill(pipe)
+        return self._results(list(pipe.execute()))
 
     async def arun(self, redis: AsyncRedis) -> list[Any]:
         pipe = redis.pipeline(transaction=False)
-        for source in {op.script.source for op in self.ops}:
-            pipe.script_load(source)
-        for op in self.ops:
-            pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-        return list(await pipe.execute())[-len(self.ops) :] if self.ops else []
+        self._fill(pipe)
+        return self._results(list(await pipe.execute()))
 
 
 @dataclass(frozen=True)
@@ -566,6 +671,7 @@ class Stream(Op):
     """
 
     ops: Iterable[Eval]
+    wait: Wait | None = None
 
     def run(self, redis: Redis) -> list[Any]:
         pool = redis.connection_pool
@@ -580,16 +686,21 @@ class Stream(Op):
                     wanted.append(False)
                 conn.send_command("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
                 wanted.append(True)
+            if self.wait is not None and wanted:
+                conn.send_command("WAIT", self.wait.replicas, self.wait.timeout_ms)
             replies = [conn.read_response() for _ in wanted]
+            acknowledged = conn.read_response() if self.wait is not None and wanted else None
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse this connection
             raise
         finally:
             pool.release(conn)
+        if self.wait is not None and wanted:
+            self.wait.check(acknowledged)
         return [reply for reply, keep in zip(replies, wanted, strict=True) if keep]
 
     async def arun(self, redis: AsyncRedis) -> list[Any]:
-        return await Pipeline(list(self.ops)).arun(redis)
+        return await Pipeline(list(self.ops), self.wait).arun(redis)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def create(
         (raw,) = yield store.Read([key])
         if raw is not None:
             return _existing_or_conflict(store.parse_record(key, raw), record, req)
-    result = yield store.create_op(ctx.keys, [record], limit)
+    result = yield ctx.durable(store.create_op(ctx.keys, [record], limit))
     outcome = _check_put(result, limit)
     if outcome == "exists":  # created concurrently under the same prompt_id
         return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
@@ -163,9 +163,11 @@ def create_many(
                 raise QuotaExceeded(user, quota)
     if to_write:
         # Each batch is serialised while Redis writes the one before.
-        results = yield store.Stream(
-            store.create_op(ctx.keys, to_write[i : i + BATCH], quota)
-            for i in range(0, len(to_write), BATCH)
+        results = yield ctx.durable(
+            store.Stream(
+                store.create_op(ctx.keys, to_write[i : i + BATCH], quota)
+                for i in range(0, len(to_write), BATCH)
+            )
         )
         failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
         if failed:
@@ -273,7 +275,7 @@ def _mutate(
         new: ScheduledPrompt = change(record)
         if new is record:
             return record
-        result = yield store.put_op(ctx.keys, [Put(new, raw, record)], None)
+        result = yield ctx.durable(store.put_op(ctx.keys, [Put(new, raw, record)], None))
         outcome = str(result[0])
         if outcome == "ok":
             yield from promote_now(ctx, [new], new.updated_at)
@@ -385,7 +387,7 @@ def trigger(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> P
     for ms in range(to_ms(now), to_ms(now) + 1000):
         delivery = Delivery(prompt_id, ms, trigger=True)
         keys = [ctx.keys.inflight, ctx.keys.done(delivery.key)]
-        if (yield store.Eval(store.TRACK, keys, [deadline, delivery.key])):
+        if (yield ctx.durable(store.Eval(store.TRACK, keys, [deadline, delivery.key]))):
             yield Enqueue([delivery])
             return delivery.key
     raise ConflictingPrompt(f"too many triggers of {prompt_id!r} at once; try again")

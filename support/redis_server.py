@@ -37,8 +37,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on a free port, in its own temporary directory."""
 
-    def __init__(self, *extra: str, directory: str | None = None) -> None:
+    def __init__(
+        self, *extra: str, directory: str | None = None, password: str | None = None
+    ) -> None:
+        """``extra``: more redis-server arguments; ``password``: ``requirepass`` (and
+        ``masterauth``, so it can replicate from a node with the same password)."""
         self.port = free_port()
+        self.password = password
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="sp-redis-")
         self.extra = extra
@@ -57,12 +62,14 @@ class RedisServer:
             "--save", "",
             "--appendonly", "no",
             "--protected-mode", "no",
+            *(["--requirepass", self.password, "--masterauth", self.password]
+              if self.password else []),
             *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:

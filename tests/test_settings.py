@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import scheduled_prompts
+from scheduled_prompts.celery_app import broker_config
 from scheduled_prompts.settings import (
     ENV_PREFIX,
     Settings,
@@ -55,9 +56,9 @@ def test_defaults_match_spec_section_7() -> None:
 def test_broker_defaults_to_the_redis_url() -> None:
     s = settings_from_env({})
     assert s.broker_url is None
-    assert s.effective_broker_url == s.redis_url
+    assert broker_config(s)["broker_url"] == s.redis_url
     moved = settings_from_env({"SCHEDULED_PROMPTS_REDIS_URL": "redis://cache:6379/3"})
-    assert moved.effective_broker_url == "redis://cache:6379/3"
+    assert broker_config(moved)["broker_url"] == "redis://cache:6379/3"
 
 
 def test_broker_url_set_wins_over_redis_url() -> None:
@@ -67,7 +68,7 @@ def test_broker_url_set_wins_over_redis_url() -> None:
             "SCHEDULED_PROMPTS_BROKER_URL": "redis://broker:6379/1",
         }
     )
-    assert s.effective_broker_url == "redis://broker:6379/1"
+    assert broker_config(s)["broker_url"] == "redis://broker:6379/1"
     assert s.redis_url == "redis://store:6379/0"
 
 
@@ -132,7 +133,7 @@ def test_empty_broker_url_falls_back_to_redis_url() -> None:
     s = settings_from_env(
         {"SCHEDULED_PROMPTS_BROKER_URL": "", "SCHEDULED_PROMPTS_REDIS_URL": "redis://r:1/0"}
     )
-    assert s.effective_broker_url == "redis://r:1/0"
+    assert broker_config(s)["broker_url"] == "redis://r:1/0"
 
 
 def test_variables_without_the_prefix_are_ignored() -> None:

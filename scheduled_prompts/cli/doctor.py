@@ -9,9 +9,9 @@ import click
 import redis
 from redis.exceptions import RedisError
 
-from .. import api, operations, pulse
+from .. import api, operations, pulse, topology
 from .._time import utcnow
-from ..connection import client_kwargs, scope
+from ..connection import new_redis, scope
 from ..operations import Check
 from ..runners import load_runner
 from ..settings import Settings, get_settings, mask_url
@@ -28,7 +28,7 @@ def _visibility(settings: Settings) -> Check:
     from ..celery_app import app  # noqa: PLC0415
 
     broker = str(app.conf.broker_url or "")
-    if not broker.startswith(("redis://", "rediss://", "unix://")):
+    if not broker.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         return Check("visibility timeout", True, "not a Redis broker: no visibility timeout")
     options = app.conf.broker_transport_options or {}
     timeout = float(options.get("visibility_timeout", 3600))
@@ -81,10 +81,7 @@ def _probe(kind: str, settings: Settings, missed: int) -> None:
 
 def _client(settings: Settings, timeout: float) -> redis.Redis:
     """A client of its own for the checks, with short timeouts: a check must answer."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        **client_kwargs(settings) | {"socket_timeout": timeout, "socket_connect_timeout": timeout},
-    )
+    return new_redis(settings, timeout=timeout)
 
 
 def _unreachable(settings: Settings, client: redis.Redis) -> str | None:
@@ -122,7 +119,8 @@ def _store_problem(settings: Settings) -> str | None:
     help="liveness: pulse intervals a worker may miss before it is not live.",
 )
 def doctor(as_json: bool, probe: str | None, missed: int) -> None:
-    """Check Redis, persistence, eviction, timeouts, the runner, workers and beat."""
+    """Check Redis, persistence, eviction, replication and sentinels, timeouts, the
+    runner, workers and beat."""
     settings = get_settings()
     if probe is not None:
         _probe(probe, settings, missed)
@@ -132,6 +130,7 @@ def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     checks = [Check("redis", reachable, problem or f"reachable at {mask_url(settings.redis_url)}")]
     steps: list[Callable[[], list[Check]]] = [
         lambda: _redis_checks(settings, client) if reachable else [],
+        lambda: topology.checks(settings, client, 2) if reachable else [],
         lambda: [_visibility(settings)],
         lambda: [_runner(settings)],
         lambda: [_workers()] if reachable else [],
