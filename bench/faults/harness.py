@@ -58,6 +58,8 @@ class Scenario:
     summary = ""
     settings: ClassVar[dict[str, Any]] = {"horizon_seconds": 20}
     redis_args: tuple[str, ...] = ()
+    #: Store and broker behind Sentinel (a primary, a replica, three sentinels).
+    sentinel = False
     celeryconfig: str | None = None
     env: ClassVar[dict[str, str]] = {}
     #: Too slow for the default test run: the test skips unless SP_FAULTS=1.
@@ -138,6 +140,7 @@ def execute(scenario: Scenario, size: Size, *, keep: bool = False) -> dict[str, 
         redis_args=scenario.redis_args,
         celeryconfig=scenario.celeryconfig,
         env=scenario.env,
+        sentinel=scenario.sentinel,
         **scenario.settings,
     )
     run = Run(cluster, size)

@@ -23,6 +23,7 @@ from typing import Any
 
 from support.cluster import REPO, Cluster, Process
 from support.redis_server import RedisServer
+from support.sentinel import SentinelGroup
 
 UP = Path(sys.executable).parent / "scheduled-prompts"
 HAZARD = "Unrecoverable error"
@@ -138,8 +139,11 @@ class FaultCluster(Cluster):
         redis_args: tuple[str, ...] = (),
         celeryconfig: str | None = None,
         env: dict[str, str] | None = None,
+        sentinel: bool = False,
         **settings: Any,
     ) -> None:
+        """``sentinel``: the store and broker are a primary, a replica and three
+        sentinels (AOF on both nodes), reached through the Sentinel URL."""
         redis_dir = tmp / "redis"
         redis_dir.mkdir(parents=True)
         self.cwd = REPO
@@ -150,7 +154,13 @@ class FaultCluster(Cluster):
             self.cwd.mkdir(parents=True)
             (self.cwd / "celeryconfig.py").write_text(celeryconfig)
             path = f"{self.cwd}{os.pathsep}{REPO}"
-        redis = RedisServer(*redis_args, directory=str(redis_dir)).start()
+        self.sentinel: SentinelGroup | None = None
+        if sentinel:
+            self.sentinel = SentinelGroup(persistent=True).start()
+            redis = self.sentinel.nodes[0]
+            settings = {"redis_url": self.sentinel.url(), **settings}
+        else:
+            redis = RedisServer(*redis_args, directory=str(redis_dir)).start()
         super().__init__(tmp, redis=redis, name="faults", pythonpath=path, env=env, **settings)
         self.redis_dir = redis_dir
         self.watched: list[Watched] = []
@@ -188,6 +198,8 @@ class FaultCluster(Cluster):
         if self.redis.process is not None:
             self.redis.process.send_signal(signal.SIGCONT)  # in case a scenario left it stopped
         super().close()
+        if self.sentinel is not None:
+            self.sentinel.stop()
 
 
 class Up(Proc):

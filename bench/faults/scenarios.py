@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -330,6 +331,88 @@ class RedisLostSecond(Scenario):
         )
 
 
+class SentinelFailover(Scenario):
+    """The primary dies while its replica is behind: what the primary acknowledged in
+    that time exists nowhere else, and the failover promotes the replica without it."""
+
+    sentinel = True
+    env = SLOW_RUNNER
+    #: How far behind the replica is when the primary dies.
+    LAG = 0.5
+
+    def __init__(self, min_replicas: int) -> None:
+        self.min_replicas = min_replicas
+        self.name = "sentinel-failover" + (f"-min-replicas-{min_replicas}" if min_replicas else "")
+        self.summary = (
+            f"behind Sentinel (a replica, three sentinels): the replica {self.LAG} s behind "
+            "(link cut, process stopped), the primary kill -9ed, restarted once the sentinels "
+            "promoted the "
+            f"replica; SCHEDULED_PROMPTS_MIN_REPLICAS={min_replicas}"
+        )
+        self.settings = {"horizon_seconds": 20, "min_replicas": min_replicas}
+
+    def inject(self, run: Run) -> None:
+        group = run.cluster.sentinel
+        assert group is not None
+        primary = group.primary()
+        replica = next(n for n in group.nodes if n is not primary)
+        assert replica.process is not None
+        # The replica falls behind: stopped, and its link cut by the primary (bytes already
+        # sent would still reach it from its socket buffer), so it cannot reconnect.
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        link = group.node_client(primary)
+        link.client_kill_filter(_type="replica")
+        link.close()
+        behind = time.time()
+        # Prompts created while the replica is behind, each its own caller (threads):
+        # without MIN_REPLICAS they are acknowledged at once; with it they wait.
+        specs = [
+            {**spec, "prompt_id": f"canary-{run.cluster.settings['queue']}-{i}"}
+            for i, spec in enumerate(
+                once_specs(10, run.work.end - timedelta(seconds=2), 2.0, "canary")
+            )
+        ]
+        with ThreadPoolExecutor(len(specs)) as pool:
+            calls = [pool.submit(_create, spec) for spec in specs]
+            time.sleep(max(0.0, self.LAG - (time.time() - behind)))
+            old = primary.port
+            killed_node = group.kill_primary()
+            killed = time.time()
+            os.kill(replica.process.pid, signal.SIGCONT)
+            acknowledged = [c.result() for c in calls]
+        group.wait_failover(old)
+        promoted = time.time()
+        group.restart(killed_node)
+        run.faults.append(Fault("replica behind, primary kill -9", behind, promoted))
+        group.wait_replicated(killed_node, timeout=120)
+        rejoined = time.time()
+        acked = [p for p in acknowledged if p is not None]
+        ids = [str(s["prompt_id"]) for s in specs]
+        survived = [p for p in (sp.get_prompt(i) for i in ids) if p is not None]
+        run.work.add_once(survived)
+        run.extra["added_prompts"] = len(survived)
+        run.extra["failover_seconds"] = round(promoted - killed, 2)
+        run.extra["replica_back_seconds"] = round(rejoined - promoted, 2)
+        kept = {p.id for p in survived}
+        run.extra["acknowledged_then_lost"] = [p.id for p in acked if p.id not in kept]
+        run.extra["refused"] = len(specs) - len(acked)
+        run.note(
+            f"failover {promoted - killed:.1f} s, old primary a replica again "
+            f"{rejoined - promoted:.1f} s later; of {len(specs)} prompts created while the "
+            f"replica was behind: {len(acked)} acknowledged, "
+            f"{len(run.extra['acknowledged_then_lost'])} of those lost, "
+            f"{run.extra['refused']} refused (StoreUnavailable)"
+        )
+
+
+def _create(spec: dict[str, Any]) -> sp.ScheduledPrompt | None:
+    """The prompt if its creation was acknowledged; None if the call failed."""
+    try:
+        return sp.schedule_prompt(**spec)  # type: ignore[arg-type]
+    except sp.StoreUnavailable:
+        return None
+
+
 class FlakyRunner(Scenario):
     name = "flaky-runner"
     summary = "the runner fails the first attempt of ~20% of keys (by hash): retries deliver"
@@ -356,6 +439,8 @@ SCENARIOS: list[Scenario] = [
     RedisPaused(15),
     RedisPaused(60, slow=True),
     ClientKill(),
+    SentinelFailover(0),
+    SentinelFailover(1),
     RabbitRestart(),
     FlakyRunner(),
 ]

@@ -58,3 +58,10 @@ def test_every_occurrence_delivered_and_repeats_only_after_a_kill(scenario: Scen
         assert r["runner_failures"] >= 1, shown
     if scenario.name == "redis-lost-second":
         assert r["acknowledged_then_lost"], shown
+    if scenario.name == "sentinel-failover":
+        # The replica was behind: what the primary alone acknowledged is gone.
+        assert r["acknowledged_then_lost"], shown
+    if scenario.name == "sentinel-failover-min-replicas-1":
+        # Nothing is acknowledged without the replica: the callers were told instead.
+        assert r["acknowledged_then_lost"] == [], shown
+        assert r["refused"] >= 1, shown
