@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,16 +23,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 from celery.app.utils import find_app
 from celery.bin.base import CLIContext
 from celery.bin.celery import celery as celery_group
 
 import scheduled_prompts.celery_app
+from scheduled_prompts.celery_app import broker_config
 from scheduled_prompts.cli import cli
 from scheduled_prompts.cli.up import DEFAULT_RUNNER
 from scheduled_prompts.runners import LogRunner, load_runner
-from scheduled_prompts.settings import ENV_PREFIX, Settings, settings_from_env
+from scheduled_prompts.settings import ENV_PREFIX, Settings, sentinel_target, settings_from_env
+from support.redis_server import RedisServer, free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -467,3 +471,98 @@ def test_dockerignore_keeps_the_sources_and_drops_local_state() -> None:
         assert not dockerignored(path.relative_to(ROOT).as_posix()), path
     for local in (".venv", ".git", ".env", "celerybeat-schedule.dat"):
         assert dockerignored(local), local
+
+
+# -- the ha profile: a replica and three sentinels -------------------------------------
+
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def _options(args: list[str]) -> dict[str, str]:
+    return {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
+
+
+def sentinel_conf(service: Mapping[str, Any]) -> str:
+    """The configuration a sentinel service writes at start (its heredoc)."""
+    script = argv(service["command"])[-1]
+    body = script.split("<<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0]
+    return body + "\n"
+
+
+def documented_ha_url() -> str:
+    found = re.search(r"SCHEDULED_PROMPTS_REDIS_URL=(redis\+sentinel://\S+)", COMPOSE.read_text())
+    assert found, "compose.yaml shows the Sentinel URL of the ha profile"
+    return found.group(1)
+
+
+def test_the_ha_profile_adds_a_replica_of_redis_and_three_sentinels() -> None:
+    svcs = services()
+    for name in ("redis-replica", *SENTINELS):
+        assert svcs[name]["profiles"] == ["ha"], name
+    replica = argv(svcs["redis-replica"]["command"])
+    at = replica.index("--replicaof")
+    assert replica[at + 1 : at + 3] == ["redis", "6379"]
+    for name, announced in (("redis", "redis"), ("redis-replica", "redis-replica")):
+        options = _options(argv(svcs[name]["command"]))
+        assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
+        assert options["--maxmemory-policy"] == "noeviction"
+        # Either node may be the primary: each announces the name the others resolve.
+        assert options["--replica-announce-ip"] == announced
+    volumes = {str(svcs[n]["volumes"][0]).partition(":")[0] for n in ("redis", "redis-replica")}
+    assert len(volumes) == 2, "the replica keeps its own data"
+    for name in SENTINELS:
+        assert sentinel_conf(svcs[name]) == sentinel_conf(svcs["sentinel-1"])
+        assert svcs[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_documented_sentinel_url_names_the_sentinels_and_the_service_they_watch() -> None:
+    url = documented_ha_url()
+    target = sentinel_target(url)
+    assert target is not None
+    assert target.sentinels == tuple((name, 26379) for name in SENTINELS)
+    conf = sentinel_conf(services()["sentinel-1"])
+    assert f"sentinel monitor {target.service} redis 6379 2\n" in conf
+    assert "port 26379\n" in conf
+    assert url in (ROOT / "docs" / "operations.md").read_text()
+    # Every app service takes it (store, and broker through kombu's Sentinel transport).
+    env = {"SCHEDULED_PROMPTS_REDIS_URL": url, "SCHEDULED_PROMPTS_MIN_REPLICAS": "1"}
+    for name in APP_SERVICES:
+        settings = settings_from_env(environment(services(env)[name]))
+        assert settings.redis_url == url and settings.min_replicas == 1, name
+        broker = broker_config(settings)
+        assert broker["broker_transport_options"]["master_name"] == target.service
+        assert broker["broker_url"].startswith("sentinel://sentinel-1:26379/0;"), name
+
+
+def test_the_sentinel_configuration_runs_in_a_real_sentinel(tmp_path: Path) -> None:
+    conf = sentinel_conf(services()["sentinel-1"])
+    with RedisServer() as primary:
+        port = free_port()
+        local = conf.replace("port 26379", f"port {port}").replace(
+            " redis 6379 ", f" 127.0.0.1 {primary.port} "
+        )
+        path = tmp_path / "sentinel.conf"
+        path.write_text(local)
+        proc = subprocess.Popen(
+            [redis_server_binary(), str(path), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        try:
+            master = None
+            for _ in range(200):
+                try:
+                    master = client.sentinel_master("scheduled-prompts")
+                    break
+                except redis.ConnectionError:
+                    assert proc.poll() is None, f"sentinel refused the configuration:\n{local}"
+                    time.sleep(0.05)
+            assert master is not None
+            assert (master["ip"], int(master["port"])) == ("127.0.0.1", primary.port)
+            assert int(master["quorum"]) == 2
+            assert int(master["down-after-milliseconds"]) == 5000
+        finally:
+            client.close()
+            proc.terminate()
+            proc.wait(10)
