@@ -12,7 +12,7 @@ import traceback
 
 from .common import progress
 
-BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness")
+BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness", "replication")
 #: Extra arguments per benchmark in a full run: the profiles that say where time goes.
 EXTRA = {"burst": ["--profile"]}
 

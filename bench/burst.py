@@ -454,9 +454,9 @@ def _profiled(fn: Callable[[], Any]) -> _Profiled:
     return _Profiled(wall, buckets, text)
 
 
-def _prepare(n: int, tag: str) -> tuple[list[Any], float, float]:
-    """N prompts written (not promoted: horizon 0), then promoted by ``engine.tick``
-    without Celery. Returns the deliveries and the seconds of both steps."""
+def prepare_due(n: int, tag: str) -> tuple[list[Any], float, float]:
+    """N prompts written (not promoted: set ``horizon_seconds=0``), then promoted by
+    ``engine.tick`` without Celery. Returns the deliveries and the seconds of both steps."""
     from scheduled_prompts import engine  # noqa: PLC0415
     from scheduled_prompts.connection import get_redis, scope  # noqa: PLC0415
 
@@ -522,8 +522,8 @@ def profile(n: int) -> dict[str, Any]:
         scheduled_prompts.configure(**base)
         set_bot_runner(RecordingRunner())
         try:
-            _prepare(min(n, 500), "warm-up")  # scripts loaded, connections made
-            _, write_s, promote_s = _prepare(n, "write")
+            prepare_due(min(n, 500), "warm-up")  # scripts loaded, connections made
+            _, write_s, promote_s = prepare_due(n, "write")
             phases.append({"phase": "schedule_many: write N records", "ms": write_s * per_k})
             phases.append({"phase": "tick: PROMOTE N to in-flight", "ms": promote_s * per_k})
             phases.extend(_publish_cost(n, base))
@@ -547,11 +547,11 @@ def profile(n: int) -> dict[str, Any]:
             for label, fn in variants:
                 # Timed without the profiler; the profiler (on a second, equal set) gives
                 # the shares, applied to the unprofiled time.
-                ds = _prepare(n, "timed")[0]
+                ds = prepare_due(n, "timed")[0]
                 t0 = time.perf_counter()
                 outcomes[label] = dict(fn(ds))
                 wall = time.perf_counter() - t0
-                ds = _prepare(n, "profiled")[0]
+                ds = prepare_due(n, "profiled")[0]
                 prof = _profiled(lambda ds=ds, fn=fn: fn(ds))  # type: ignore[misc]
                 texts[label] = prof.text
                 phases.append({"phase": label, "ms": wall * per_k})
