@@ -3,8 +3,10 @@ when none answers, a supervised worker and beat, LogRunner deliveries, a clean C
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import json
 import os
 import select
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import termios
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -21,9 +24,11 @@ import pytest
 
 import scheduled_prompts as sp
 from scheduled_prompts import embedded
+from scheduled_prompts.settings import mask_url
 from support.cluster import Process
 from support.recording_runner import read_records
 from support.redis_server import free_port
+from support.sentinel import SentinelGroup
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -494,3 +499,47 @@ def test_up_stops_everything_when_its_terminal_closes(deployment: Deployment) ->
         if popen.poll() is None:
             popen.kill()
             popen.wait()
+
+
+def _flower_workers(port: int) -> dict[str, object]:
+    """Flower's workers, asking them afresh; {} while Flower does not answer yet."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/workers?refresh=1",
+        headers={"Authorization": "Basic " + base64.b64encode(b"ops:flower-pw").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return dict(json.loads(reply.read()))
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.xdist_group("sentinel")
+def test_up_and_flower_run_behind_sentinel_without_embedding_a_redis(tmp_path: Path) -> None:
+    with SentinelGroup(password="up-data-pw", sentinel_password="up-sentinel-pw") as group:
+        deployment = Deployment(tmp_path, url=group.url())
+        deployment.env["SCHEDULED_PROMPTS_SENTINEL_PASSWORD"] = "up-sentinel-pw"
+        deployment.env["FLOWER_BASIC_AUTH"] = "ops:flower-pw"
+        try:
+            port = free_port()
+            up = deployment.up("--flower", f"--flower-port={port}")
+            up.wait_for(" ready.")
+            out = up.text()
+            assert f"[up] using Redis at {mask_url(group.url())}" in out
+            assert "embedded" not in out and "up-data-pw" not in out
+            sp.configure(
+                redis_url=group.url(), sentinel_password="up-sentinel-pw", queue=deployment.queue
+            )
+            soon = sp.schedule_prompt("soon", user_id="ana", platform="cli", delay=2)
+            up.wait_for(f"delivered {soon.id}:", timeout=30)
+            # Flower reaches the broker through the sentinels too: it lists the worker.
+            deadline = time.monotonic() + 60
+            workers: dict[str, object] = {}
+            while not workers and time.monotonic() < deadline:
+                workers = _flower_workers(port)
+                time.sleep(0.5)
+            assert workers, up.text()[-3000:]
+            assert up.interrupt() == 0, up.text()[-3000:]
+            assert deployment.wait_no_leftovers() == {}
+        finally:
+            deployment.close()
