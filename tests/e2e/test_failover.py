@@ -21,13 +21,14 @@ from support.sentinel import SentinelGroup
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("sentinel")]
 
 SENTINEL_PW = "sentinel-pw-91"
+DATA_PW = "data-pw-92"
 
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
 def test_worker_and_beat_follow_the_new_primary_and_deliver_every_prompt(
     tmp_path: Path, min_replicas: int
 ) -> None:
-    with SentinelGroup(password="data-pw-92", sentinel_password=SENTINEL_PW) as group:
+    with SentinelGroup(password=DATA_PW, sentinel_password=SENTINEL_PW) as group:
         cluster = Cluster(
             tmp_path,
             redis=group.nodes[0],
@@ -55,5 +56,8 @@ def test_worker_and_beat_follow_the_new_primary_and_deliver_every_prompt(
             # A repeat (a commit the failover lost) has the key of the first call.
             assert set(cluster.duplicates()) <= keys
             assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in prompts)  # type: ignore[union-attr]
+            # Through every reconnect, no log line shows either password.
+            for proc in cluster.processes:
+                assert DATA_PW not in proc.text() and SENTINEL_PW not in proc.text(), proc.name
         finally:
             cluster.close()
