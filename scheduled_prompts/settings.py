@@ -33,9 +33,12 @@ def _setting(default: Any, doc: str) -> Any:
 class Settings:
     """Settings of one deployment. Field ``x`` is read from ``SCHEDULED_PROMPTS_X``."""
 
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding the prompts.")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis holding the prompts: a redis-py URL, or `redis+sentinel://` naming its sentinels.",
+    )
     broker_url: str | None = _setting(
-        None, "Celery broker; unset means the same Redis as `redis_url`."
+        None, "Celery broker; unset means the same Redis as `redis_url` (Sentinel too)."
     )
     key_prefix: str = _setting("sp", "Prefix of every Redis key the store writes.")
     queue: str = _setting(
