@@ -485,41 +485,33 @@ class Eval(Op):
     # script and WAIT go down one connection, as a pipeline. A script this process has not
     # run yet is loaded in the same round trip (a NOSCRIPT would cost a second WAIT).
 
+    def _waiting_pipe(self, redis: Any, wait: Wait, load: bool) -> Any:
+        pipe = redis.pipeline(transaction=False)
+        if load:
+            pipe.script_load(self.script.source)
+        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+        pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+        return pipe
+
+    def _waited(self, replies: list[Any], wait: Wait) -> Any:
+        *_, result, acknowledged = replies
+        _LOADED.add(self.script.sha)
+        wait.check(acknowledged)
+        return result
+
     def _run_waiting(self, redis: Redis, wait: Wait) -> Any:
-        for load in (self.script.sha not in _LOADED, True):
-            pipe = redis.pipeline(transaction=False)
-            if load:
-                pipe.script_load(self.script.source)
-            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)  # type: ignore[no-untyped-call]
-            try:
-                *_, result, acknowledged = pipe.execute()
-            except NoScriptError:
-                if load:
-                    raise
-                continue
-            _LOADED.add(self.script.sha)
-            wait.check(acknowledged)
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        load = self.script.sha not in _LOADED
+        try:
+            return self._waited(self._waiting_pipe(redis, wait, load).execute(), wait)
+        except NoScriptError:  # a new primary without the script: the call did not run
+            return self._waited(self._waiting_pipe(redis, wait, True).execute(), wait)
 
     async def _arun_waiting(self, redis: AsyncRedis, wait: Wait) -> Any:
-        for load in (self.script.sha not in _LOADED, True):
-            pipe = redis.pipeline(transaction=False)
-            if load:
-                pipe.script_load(self.script.source)
-            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
-            try:
-                *_, result, acknowledged = await pipe.execute()
-            except NoScriptError:
-                if load:
-                    raise
-                continue
-            _LOADED.add(self.script.sha)
-            wait.check(acknowledged)
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        load = self.script.sha not in _LOADED
+        try:
+            return self._waited(await self._waiting_pipe(redis, wait, load).execute(), wait)
+        except NoScriptError:
+            return self._waited(await self._waiting_pipe(redis, wait, True).execute(), wait)
 
 
 @dataclass(frozen=True)

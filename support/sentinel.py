@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import redis
 
-from support.redis_server import RedisServer, free_port, redis_server_binary
+from support.redis_server import RedisServer, free_port, redis_server_binary, stop_process
 
 
 class Sentinel:
@@ -57,13 +57,8 @@ class Sentinel:
         )
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 class SentinelGroup:
