@@ -368,3 +368,17 @@ def test_after_a_failover_the_same_client_follows_the_new_primary(tmp_path: Any)
             assert sp.get_prompt(again.id) == again
         finally:
             sp.configure()
+
+
+def test_a_waiting_write_on_a_primary_without_the_script_loads_it_and_runs_once(
+    ha: SentinelGroup,
+) -> None:
+    sp.configure(redis_url=ha.url(), sentinel_password=SENTINEL_PW, min_replicas=1)
+    sp.schedule_prompt("first", user_id="u", platform="p", delay=600)  # the script is loaded
+    # As on a new primary after a failover: the server no longer has the script.
+    primary = ha.node_client(ha.primary())
+    primary.script_flush()
+    again = sp.schedule_prompt("again", user_id="u", platform="p", delay=600)
+    assert sp.get_prompt(again.id) == again
+    assert primary.zcard("sp:ids") == 2  # created once, not twice
+    primary.close()
