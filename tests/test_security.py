@@ -290,6 +290,77 @@ def test_api_works_over_tls_with_a_verified_certificate(
     assert sp.get_settings().redis_url == tls_url
 
 
+def test_rediss_sentinel_speaks_tls_to_the_sentinel_the_primary_and_the_broker(
+    tls_server: SecuredRedis, tls_files: Tls, tmp_path: Path
+) -> None:
+    """A sentinel reachable over TLS only, watching the TLS-only primary: the store and
+    the broker (kombu's Sentinel transport with ``broker_use_ssl``) both go through it."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "port 0",
+                f"tls-port {port}",
+                "bind 127.0.0.1",
+                f"dir {tmp_path}",
+                f"tls-cert-file {tls_files.cert}",
+                f"tls-key-file {tls_files.key}",
+                f"tls-ca-cert-file {tls_files.ca}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+                f"sentinel monitor tls-main 127.0.0.1 {tls_server.port} 1",
+                f"sentinel auth-pass tls-main {PASSWORD}",
+            ]
+        )
+        + "\n"
+    )
+    sentinel = subprocess.Popen(
+        [redis_server_binary(), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = (
+        f"rediss+sentinel://:{PASSWORD}@127.0.0.1:{port}/tls-main/0"
+        f"?ssl_cert_reqs=required&ssl_ca_certs={tls_files.ca}"
+    )
+    try:
+        tls_server.flush()
+        sp.configure(redis_url=url)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                made = sp.schedule_prompt("over tls", user_id="u", platform="p", delay=600)
+                break
+            except sp.StoreUnavailable:
+                assert sentinel.poll() is None, "the sentinel refused its TLS configuration"
+                assert time.monotonic() < deadline, "the sentinel never named the primary"
+                time.sleep(0.1)
+        assert sp.get_prompt(made.id) == made
+        direct = redis.Redis.from_url(tls_server.url)
+        assert direct.exists(f"sp:prompt:{made.id}") == 1
+        from scheduled_prompts.celery_app import app
+
+        with app.connection_for_write() as conn:
+            queue = conn.SimpleQueue("tls-sentinel-broker")
+            queue.put({"over": "tls"})
+            message = queue.get(timeout=10)
+            assert message.payload == {"over": "tls"}
+            message.ack()
+            queue.close()
+        assert direct.exists("_kombu.binding.tls-sentinel-broker") == 1
+        direct.close()
+        # Without the CA, the sentinel's certificate is not trusted: nothing is reached.
+        sp.configure(redis_url=url.replace(f"&ssl_ca_certs={tls_files.ca}", ""))
+        with pytest.raises(sp.StoreUnavailable) as caught:
+            sp.get_prompt(made.id)
+        assert PASSWORD not in str(caught.value)
+    finally:
+        sp.configure()
+        sentinel.terminate()
+        sentinel.wait(10)
+
+
 def test_plain_redis_url_to_the_tls_port_is_store_unavailable(
     tls_server: SecuredRedis, tls_url: str
 ) -> None:
