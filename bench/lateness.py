@@ -21,12 +21,12 @@ from bench.burst import (
     configure_peers_for,
     peer_env,
     pick_t,
-    read_jsonl,
     start_peer_worker,
     wait_for_count,
 )
 from bench.common import machine, progress, quantile, table, write_results
 from support.cluster import Cluster
+from support.recording_runner import read_records
 
 RATE = 20.0  # one-time prompts (and ETA tasks) due per second
 PROMISE_P99_MS = 100.0
@@ -89,7 +89,7 @@ def peer_eta(c: Cluster, n: int, rng: random.Random) -> dict[str, Any]:
             peers.noop.apply_async(args=(f"eta-{i}", ms / 1000), eta=eta, producer=producer)
     path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
     wait_for_count(RecordTail(path), n, deadline=times[-1] / 1000 + 30)
-    lateness = [(r["at"] - r["due"]) * 1000 for r in read_jsonl(path)]
+    lateness = [(r["at"] - r["due"]) * 1000 for r in read_records(str(path))]
     return stats("ETA task, 20/s", "celery ETA", n, lateness)
 
 

@@ -32,7 +32,7 @@ def configure_peers(
     """
     settings = get_settings()
     config = {k: v for k, v in celery_config(settings).items() if k != "beat_schedule"}
-    url = broker_url or settings.effective_broker_url
+    url = broker_url or config["broker_url"]
     if max_interval is None:
         max_interval = float(os.environ.get("BENCH_REDBEAT_MAX_INTERVAL", "5"))
     if record_file is not None:
