@@ -397,7 +397,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
     if waiting >= settings.tool_max_active_prompts:
         raise QuotaExceeded(ctx.user_id, settings.tool_max_active_prompts)
     record = yield from verbs.create(scope(), spec, now)
-    return {"success": True, **_describe(record, ctx, now)}
+    return {"success": True, **describe(record, ctx, now)}
 
 
 def _count_waiting(ctx: ToolContext, enough: int) -> Plan[int]:
@@ -456,7 +456,7 @@ def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler
         "success": True,
         "count": len(page.items),
         "more": page.next_cursor is not None,
-        "prompts": [_describe(p, ctx, now) for p in page.items],
+        "prompts": [describe(p, ctx, now) for p in page.items],
     }
 
 
@@ -474,7 +474,7 @@ def _change(verb: Callable[..., Plan[ScheduledPrompt]]) -> HandlerFn:
         yield from _owned(prompt_id, ctx)
         now = utcnow()
         record = yield from verb(scope(), prompt_id, ctx.user_id, now)
-        return {"success": True, **_describe(record, ctx, now)}
+        return {"success": True, **describe(record, ctx, now)}
 
     return handler
 
@@ -494,7 +494,7 @@ _HANDLERS: dict[str, HandlerFn] = {
 }
 
 
-def _describe(record: ScheduledPrompt, ctx: ToolContext, now: datetime) -> dict[str, Any]:
+def describe(record: ScheduledPrompt, ctx: ToolContext, now: datetime) -> dict[str, Any]:
     """What the model needs to tell the user about a prompt."""
     try:
         zone = ZoneInfo(ctx.timezone)
