@@ -35,6 +35,7 @@ T = TypeVar("T")
 TOKEN_ANA = "ana-token-5d0c1f7e2b9a4c36"
 TOKEN_BOB = "bob-token-8e2a6b1d4f7c3a90"
 TOKEN_CAL = "cal-token-1b4e7a2c9d6f3e58"
+ACCEPT = "application/json, text/event-stream"
 
 
 def _entry(extra: str) -> str:
@@ -313,7 +314,7 @@ def test_http_without_a_valid_bearer_token_is_401_before_any_tool_runs(
     arguments = {"prompt": "x", "delay_seconds": 60}
     params = {"name": "schedule_prompt", "arguments": arguments}
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
-    headers = {"Accept": "application/json, text/event-stream"}
+    headers = {"Accept": ACCEPT}
     if header is not None:
         headers["Authorization"] = header
     reply = httpx.post(http_server.url, json=body, headers=headers, timeout=30)
@@ -348,7 +349,7 @@ def test_http_tokens_file_is_reread_on_sighup(http_server: HttpServer) -> None:
     def status(token: str) -> int:
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
         headers = {
-            "Accept": "application/json, text/event-stream",
+            "Accept": ACCEPT,
             "Authorization": f"Bearer {token}",
         }
         return httpx.post(http_server.url, json=call, headers=headers, timeout=30).status_code
@@ -401,3 +402,21 @@ def test_a_bad_tokens_file_exits_2_naming_the_entry_never_the_token(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert TOKEN_ANA not in done.stderr
+
+
+def test_http_on_loopback_without_tokens_acts_for_the_flag_user_and_checks_the_host(
+    tmp_path: Path, redis_url: str
+) -> None:
+    server = HttpServer(tmp_path, redis_url, "--user", "ana", "--platform", "discord")
+    try:
+        call = {"prompt": "local", "delay_seconds": 600}
+        made = data(run(lambda: _call(server.url, "", "schedule_prompt", call)))
+        stored = sp.get_prompt(made["prompt_id"])
+        assert stored is not None and (stored.user_id, stored.platform) == ("ana", "discord")
+        # A page of another site, reaching this port through DNS rebinding, is refused.
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        headers = {"Accept": ACCEPT, "Host": "attacker.example:80"}
+        reply = httpx.post(server.url, json=body, headers=headers, timeout=30)
+        assert reply.status_code in (400, 403, 421), reply.text
+    finally:
+        server.stop()
