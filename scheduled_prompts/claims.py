@@ -20,6 +20,7 @@ import redis
 
 from . import store
 from ._time import to_ms
+from .metrics import Batch, Observation
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
 from .occurrences import Delivery, redrive_delay
 from .outcomes import Outcome, Result
@@ -56,7 +57,7 @@ class Claims:
     def claim(self, deliveries: Sequence[Delivery], now: datetime) -> list[Result | Claimed]:
         """Run CLAIM for every delivery: its :class:`Claimed`, or the Result that ends it."""
         keys = self.ctx.keys
-        script_keys = [keys.inflight]
+        script_keys = [keys.inflight, keys.metrics]
         args: list[str | int | float] = [
             self.token,
             self.lease_ms,
@@ -108,19 +109,35 @@ class Claims:
         self._renewed = time.monotonic()
         return [bool(int(r)) for r in renewed]
 
-    def release(self, d: Delivery, retry_at: datetime | None, *, drop: bool = False) -> None:
-        """End a claim without committing: retry later (``retry_at``) or leave it to re-drive."""
+    def release(
+        self,
+        d: Delivery,
+        retry_at: datetime | None,
+        *,
+        drop: bool = False,
+        counted: Observation | None = None,
+    ) -> None:
+        """End a claim without committing: retry later (``retry_at``) or leave it to
+        re-drive; ``counted`` is what the step adds to the metrics (a retry)."""
         deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(self.ctx)
+        keys = self.ctx.keys
+        batch = Batch()
+        step = batch.step(counted)
         store.Eval(
             store.RELEASE,
-            [self.ctx.keys.lease(d.prompt_id), self.ctx.keys.inflight],
-            [self.token, d.key, deadline],
+            [keys.lease(d.prompt_id), keys.inflight, keys.metrics],
+            [self.token, d.key, deadline, step, batch.fields()],
         ).run(self.client)
         if drop:
             self.client.zrem(self.ctx.keys.inflight, d.key)
 
-    def commit(self, changes: Sequence[tuple[Claimed, Change]]) -> list[ScheduledPrompt | None]:
-        """Record the outcomes; if Redis is unreachable, keep trying while the lease lasts.
+    def commit(
+        self,
+        changes: Sequence[tuple[Claimed, Change]],
+        counted: Sequence[Observation | None] | None = None,
+    ) -> list[ScheduledPrompt | None]:
+        """Record the outcomes (``counted``: what each adds to the metrics, counted with
+        it); if Redis is unreachable, keep trying while the lease lasts.
 
         After a runner returned, giving up would leave the occurrence to be re-driven — a
         second runner call. Retrying here, as long as our lease keeps others away, turns
@@ -133,11 +150,12 @@ class Claims:
         deadline = time.monotonic() + budget
         pause = 0.2
         results: list[ScheduledPrompt | None] = [None] * len(changes)
+        metrics = list(counted) if counted is not None else [None] * len(changes)
         raws: list[str | None] = [c.raw for c, _ in changes]
         settled: set[int] = set()
         while True:
             try:
-                self._commit_rounds(changes, raws, results, settled)
+                self._commit_rounds(changes, metrics, raws, results, settled)
                 return results
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + pause > deadline:
@@ -150,6 +168,7 @@ class Claims:
     def _commit_rounds(
         self,
         changes: Sequence[tuple[Claimed, Change]],
+        metrics: Sequence[Observation | None],
         raws: list[str | None],
         results: list[ScheduledPrompt | None],
         settled: set[int],
@@ -170,9 +189,12 @@ class Claims:
                 rkeys = [keys.prompt(changes[i][0].delivery.prompt_id) for i in stale]
                 for i, value in zip(stale, self.client.mget(rkeys), strict=True):
                     raws[i] = None if value is None else store.as_text(value)
-            script_keys = [keys.ids, keys.due, keys.finished, keys.open_counts, keys.inflight]
+            script_keys = [
+                keys.ids, keys.due, keys.finished, keys.open_counts, keys.inflight, keys.metrics
+            ]  # fmt: skip
             args: list[str | int | float] = []
             sent: list[tuple[int, ScheduledPrompt]] = []
+            batch = Batch()
             for i in todo:
                 claimed, change = changes[i]
                 d = claimed.delivery
@@ -197,10 +219,11 @@ class Claims:
                     keys.done(d.key),
                 ]
                 args += [raw, new.id, new.user_id, new.to_json(), due, finished, delta,
-                         self.token, d.key, done_ttl]  # fmt: skip
+                         self.token, d.key, done_ttl, batch.step(metrics[i])]  # fmt: skip
                 sent.append((i, new))
             if not sent:
                 return
+            args.append(batch.fields())
             replies = self.ctx.durable(store.Eval(store.COMMIT, script_keys, args)).run(self.client)
             for (i, new), reply in zip(sent, replies, strict=True):
                 if store.as_text(reply) == "ok":

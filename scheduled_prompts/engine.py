@@ -30,6 +30,7 @@ from . import store
 from ._time import from_ms, to_iso, to_ms, utcnow
 from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
+from .metrics import Batch, Observation, tick_increments
 from .models import Kind, ScheduledPrompt, Status
 from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
 from .outcomes import Outcome, Result
@@ -67,6 +68,7 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     the occurrences never fails a tick: they stay in flight and the next ticks re-drive
     them.
     """
+    started = time.perf_counter()
     promoted = 0
     while True:
         rows = yield promote_op(ctx, now, limit=1000)
@@ -87,7 +89,11 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
         redriven += len(batch)
         if len(batch) < 1000:
             break
-    yield store.Command(("SET", ctx.keys.beat, to_ms(now)))
+    counts = Batch()
+    took = counts.add(tick_increments(time.perf_counter() - started))
+    yield store.Eval(
+        store.TICKED, [ctx.keys.beat, ctx.keys.metrics], [to_ms(now), took, counts.fields()]
+    )
     return {"promoted": promoted, "redriven": redriven}
 
 
@@ -175,7 +181,7 @@ def _deliver(
     taken = claims.claim(deliveries, fixed_now or utcnow())
     results: list[Result | None] = [r if isinstance(r, Result) else None for r in taken]
     held = [(i, c) for i, c in enumerate(taken) if isinstance(c, Claimed)]
-    pending: list[tuple[int, Claimed, Change, Result]] = []
+    pending: list[tuple[int, Claimed, Change, Result, Observation]] = []
     oldest = last_call = 0.0
     lost: set[str] = set()
     for n, (i, claimed) in enumerate(held):
@@ -191,7 +197,7 @@ def _deliver(
         # Runners may take long: keep the leases of what is still to run or to commit;
         # one that ran out (another deliverer may hold it now) is not delivered here.
         if claims.renewal_due:
-            still = [c for _, c in held[n:]] + [c for _, c, _, _ in pending]
+            still = [c for _, c in held[n:]] + [c for _, c, _, _, _ in pending]
             renewed = claims.renew(still)
             lost |= {c.delivery.key for c, ok in zip(still, renewed, strict=True) if not ok}
         if claimed.delivery.key in lost:
@@ -213,12 +219,17 @@ def _deliver(
 
 
 def _commit(
-    claims: Claims, pending: list[tuple[int, Claimed, Change, Result]], results: list[Result | None]
+    claims: Claims,
+    pending: list[tuple[int, Claimed, Change, Result, Observation]],
+    results: list[Result | None],
 ) -> None:
     if not pending:
         return
-    records = claims.commit([(claimed, change) for _, claimed, change, _ in pending])
-    for (i, _, _, result), record in zip(pending, records, strict=True):
+    records = claims.commit(
+        [(claimed, change) for _, claimed, change, _, _ in pending],
+        [observation for *_, observation in pending],
+    )
+    for (i, _, _, result, _), record in zip(pending, records, strict=True):
         results[i] = dataclasses.replace(result, record=record)
 
 
@@ -228,10 +239,11 @@ def _run_one(
     attempt: int,
     coalesced_ms: int | None,
     now: datetime,
-) -> Result | tuple[Change, Result]:
+) -> Result | tuple[Change, Result, Observation]:
     """Decide and run one claimed occurrence: a final Result (nothing to commit), or the
-    change to commit with the Result it stands for."""
+    change to commit with the Result it stands for and what it adds to the metrics."""
     record, delivery = claimed.record, claimed.delivery
+    kind = "trigger" if delivery.trigger else record.kind.value
     occurrence = from_ms(delivery.occurrence_ms)
     if coalesced_ms is not None:
         occurrence = from_ms(coalesced_ms)
@@ -248,8 +260,11 @@ def _run_one(
             f"more than misfire_grace_seconds={grace:g}"
         )
         log.warning("prompt %s %s", record.id, error)
-        return _finisher(delivery, now, occurrence, False, error), Result(
-            Outcome.MISSED, error=error
+        missed = Observation("skipped", record.platform)
+        return (
+            _finisher(delivery, now, occurrence, False, error),
+            Result(Outcome.MISSED, error=error),
+            missed,
         )
     try:
         runner = get_runner(record.platform)
@@ -259,6 +274,17 @@ def _run_one(
         return Result(Outcome.NO_RUNNER, error=str(exc))
     key = delivery.key if delivery.trigger else f"{record.id}:{to_ms(occurrence)}"
     payload = build_payload(record, key, occurrence, now, attempt)
+    started = time.monotonic()
+
+    def observed(outcome: str, late: bool) -> Observation:
+        return Observation(
+            outcome,
+            record.platform,
+            kind,
+            lateness=(now - occurrence).total_seconds() if late else None,
+            runner_seconds=time.monotonic() - started,
+        )
+
     try:
         call_runner(runner, payload)
     except Exception as exc:
@@ -273,17 +299,21 @@ def _run_one(
                 retry_in,
                 error,
             )
-            claims.release(delivery, now + timedelta(seconds=retry_in))
+            retried = observed("retried", late=False)
+            claims.release(delivery, now + timedelta(seconds=retry_in), counted=retried)
             return Result(
                 Outcome.RETRY, retry_in=retry_in, error=error, occurrence_ms=to_ms(occurrence)
             )
         if not isinstance(exc, DeliveryError | PermanentDeliveryError):
             log.exception("runner raised for %s", key)
         log.error("giving up on %s after %d attempt(s): %s", key, attempt, error)
-        return _finisher(delivery, now, occurrence, False, error), Result(
-            Outcome.FAILED, error=error
+        return (
+            _finisher(delivery, now, occurrence, False, error),
+            Result(Outcome.FAILED, error=error),
+            observed("failed", late=True),
         )
-    return _finisher(delivery, now, occurrence, True, None), Result(Outcome.DELIVERED)
+    delivered = observed("delivered", late=True)
+    return _finisher(delivery, now, occurrence, True, None), Result(Outcome.DELIVERED), delivered
 
 
 def _finisher(

@@ -16,6 +16,7 @@ key                        type     holds
 ``P:done:{occurrence}``    string   a delivered trigger (its schedule does not move)
 ``P:lock:hydrate``         string   hydration lock (token), expires by itself
 ``P:beat``                 string   epoch ms of the last tick (for ``doctor``)
+``P:metrics``              hash     delivery and tick counters (``metrics.py``)
 =========================  =======  ====================================================
 
 ``{occurrence}`` is an idempotency key: ``{prompt_id}:{epoch_ms}``, or
@@ -85,3 +86,7 @@ class Keys:
     @property
     def beat(self) -> str:
         return f"{self.prefix}:beat"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}:metrics"

@@ -123,6 +123,31 @@ local function write_record(ids, due, finished, open, rkey, ukey, id, user, json
 end
 """
 
+# Metrics (``metrics.Batch``): the call's last argument lists its distinct fields (JSON
+# [["i"|"f", field], ...]); count() adds up one applied step's "index:amount;..." and
+# flush_counts() writes each field once at the end (a batch of 200 deliveries shares a
+# handful of fields).
+_COUNT = """
+local counted_ints, counted_floats = {}, {}
+local counted_fields = nil
+local function count(spec)
+  if spec == nil or spec == '' then return end
+  if counted_fields == nil then counted_fields = cjson.decode(ARGV[#ARGV]) end
+  for at, amount in string.gmatch(spec, '(%d+):([^;]+)') do
+    local f = counted_fields[tonumber(at) + 1]
+    local into = counted_ints
+    if f[1] == 'f' then into = counted_floats end
+    into[f[2]] = (into[f[2]] or 0) + tonumber(amount)
+  end
+end
+local function flush_counts(metrics)
+  for f, v in pairs(counted_ints) do redis.call('HINCRBY', metrics, f, v) end
+  for f, v in pairs(counted_floats) do
+    redis.call('HINCRBYFLOAT', metrics, f, string.format('%.17g', v))
+  end
+end
+"""
+
 PUT = Script(
     _WRITE_RECORD
     + """
@@ -226,22 +251,23 @@ return {'ok'}
 
 COMMIT = Script(
     _WRITE_RECORD
+    + _COUNT
     + """
 -- Records the outcomes of deliveries: per outcome the new record and the end of the
 -- occurrence's claim, in one step. Compare-and-set against the JSON the deliverer read.
--- KEYS: ids, due, finished, open-counts, inflight, then per outcome: record, user index,
---       lease, done.
--- ARGV: per outcome 10 values: expected JSON, id, user_id, new JSON, due score,
+-- KEYS: ids, due, finished, open-counts, inflight, metrics, then per outcome: record,
+--       user index, lease, done.
+-- ARGV: per outcome 11 values: expected JSON, id, user_id, new JSON, due score,
 --       finished score, open delta, lease token, idempotency key, done TTL ms ('' = no
---       done marker).
+--       done marker), metrics ('' = none); last, the metrics fields.
 -- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
--- leaves the in-flight set, and (triggers) the done marker is set.
+-- leaves the in-flight set, (triggers) the done marker is set, and the metrics counted.
 -- Returns per outcome 'ok' | 'changed' ('ok' too when the record already is the new
--- JSON: a retry after a lost reply does not apply the outcome twice).
+-- JSON: a retry after a lost reply does not apply the outcome, nor count it, twice).
 local out = {}
-for i = 1, (#KEYS - 5) / 4 do
-  local k = 5 + 4 * (i - 1)
-  local a = 10 * (i - 1)
+for i = 1, (#KEYS - 6) / 4 do
+  local k = 6 + 4 * (i - 1)
+  local a = 11 * (i - 1)
   local stored = redis.call('GET', KEYS[k + 1])
   if stored == ARGV[a + 4] then
     out[i] = 'ok'
@@ -253,9 +279,11 @@ for i = 1, (#KEYS - 5) / 4 do
     if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
     redis.call('ZREM', KEYS[5], ARGV[a + 9])
     if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
+    count(ARGV[a + 11])
     out[i] = 'ok'
   end
 end
+flush_counts(KEYS[6])
 return out
 """
 )
@@ -266,29 +294,44 @@ CLAIM = Script(
 -- a time; a claim succeeds only while the record still schedules this occurrence (live,
 -- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
 -- the trigger was not delivered before.
--- KEYS: inflight, then per occurrence: record, lease, done.
+-- KEYS: inflight, metrics, then per occurrence: record, lease, done.
 -- ARGV: token, lease ms, re-drive deadline ms, the schema version this code reads, then
 --       per occurrence: expected next_run_at epoch ms ('' for a trigger), idempotency key.
 -- Returns per occurrence two values: 'ok', record JSON | 'busy', lease pttl | 'stale', ''
 --   | 'gone', '' | 'done', '' | 'unreadable', '' (not JSON, or another schema version:
 --   left as it is). Every outcome but 'ok' and 'busy' takes the key out of the in-flight
---   set; 'ok' moves its re-drive deadline.
-local inflight, token, lease, deadline = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+--   set; 'ok' moves its re-drive deadline. Metrics: 'redelivered' for every message of
+--   an occurrence delivered already (a broker handing it out again), 'skipped' once per
+--   occurrence no longer due (by the step that takes it out of the in-flight set).
+local inflight, metrics, token, lease, deadline = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local schema = tonumber(ARGV[4])
+local function drop(key, outcome, platform)
+  if redis.call('ZREM', inflight, key) == 1 or outcome == 'redelivered' then
+    redis.call('HINCRBY', metrics, cjson.encode({'deliveries', outcome, platform or ''}), 1)
+  end
+end
 local function claim(rkey, lkey, dkey, expected, key)
   local raw = redis.call('GET', rkey)
-  if not raw then redis.call('ZREM', inflight, key); return 'gone', '' end
-  if redis.call('EXISTS', dkey) == 1 then redis.call('ZREM', inflight, key); return 'done', '' end
+  if not raw then drop(key, 'skipped'); return 'gone', '' end
   local ok, rec = pcall(cjson.decode, raw)
-  if not ok or type(rec) ~= 'table' or rec.schema ~= schema then
-    redis.call('ZREM', inflight, key); return 'unreadable', ''
+  if not ok or type(rec) ~= 'table' then rec = {} end
+  if redis.call('EXISTS', dkey) == 1 then
+    drop(key, 'redelivered', rec.platform); return 'done', ''
+  end
+  if not ok or rec.schema ~= schema then
+    drop(key, 'skipped', rec.platform); return 'unreadable', ''
   end
   local live = rec.status == 'scheduled' or rec.status == 'active'
   -- An accepted trigger is delivered unless the prompt was cancelled since (a one-time
   -- prompt that executed meanwhile still gets it).
   if expected == '' then live = rec.status ~= 'cancelled'
   else live = live and rec.next_run_at == tonumber(expected) end
-  if not live then redis.call('ZREM', inflight, key); return 'stale', '' end
+  if not live then
+    -- Ran at or after this occurrence's time: it was delivered (a message seen again).
+    local ran = expected ~= '' and type(rec.last_execution) == 'number'
+      and rec.last_execution >= tonumber(expected)
+    drop(key, ran and 'redelivered' or 'skipped', rec.platform); return 'stale', ''
+  end
   if not redis.call('SET', lkey, token, 'NX', 'PX', lease) then
     return 'busy', tostring(redis.call('PTTL', lkey))
   end
@@ -296,8 +339,8 @@ local function claim(rkey, lkey, dkey, expected, key)
   return 'ok', raw
 end
 local out = {}
-for i = 1, (#KEYS - 1) / 3 do
-  local state, detail = claim(KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1], ARGV[2 * i + 3],
+for i = 1, (#KEYS - 2) / 3 do
+  local state, detail = claim(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[2 * i + 3],
                               ARGV[2 * i + 4])
   out[#out + 1] = state
   out[#out + 1] = detail
@@ -322,12 +365,31 @@ return out
 )
 
 RELEASE = Script(
-    """
+    _COUNT
+    + """
 -- Gives a claim back (the runner failed or is missing): deletes the lease only if the
--- token is ours, and moves the occurrence's re-drive deadline ('' = keep it).
--- KEYS: lease, inflight. ARGV: token, idempotency key, deadline ms.
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+-- token is ours (and then counts the step's metrics: once, even if this is sent again),
+-- and moves the occurrence's re-drive deadline ('' = keep it).
+-- KEYS: lease, inflight, metrics.
+-- ARGV: token, idempotency key, deadline ms, metrics, metrics fields.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  count(ARGV[4])
+  flush_counts(KEYS[3])
+end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2]) end
+return 1
+"""
+)
+
+TICKED = Script(
+    _COUNT
+    + """
+-- A tick finished: records when (for doctor and the exporter) and how long it took.
+-- KEYS: beat, metrics. ARGV: epoch ms, metrics, metrics fields.
+redis.call('SET', KEYS[1], ARGV[1])
+count(ARGV[2])
+flush_counts(KEYS[2])
 return 1
 """
 )

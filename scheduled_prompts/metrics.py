@@ -1,0 +1,119 @@
+"""Delivery and tick metrics, counted in Redis by the steps that decide them.
+
+Counters and histogram buckets live in one hash (``P:metrics``). The scripts that commit
+an outcome, give a claim back for a retry, or find an occurrence no longer due add to it
+in the same atomic step, so the counts are exact across every worker process and machine
+(prefork pools included), and a step replayed after a lost reply — which changes nothing
+— counts nothing. A field is the JSON list of the metric's name and label values; a
+histogram keeps one count per bucket (the smallest upper bound at or above the value) and
+a sum, and is made cumulative when read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: Upper bounds (seconds) of the histograms' buckets; "+Inf" above the last.
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+RUNNER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+OUTCOMES = ("delivered", "failed", "retried", "skipped", "redelivered")
+
+#: One increment of the metrics hash: ("i" integer | "f" float, field, amount).
+Increment = tuple[str, str, str]
+
+
+@functools.lru_cache(maxsize=4096)
+def field(*parts: str) -> str:
+    """The hash field of a series: the JSON list of its name and label values."""
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+_LABELS: dict[tuple[float, ...], tuple[str, ...]] = {}
+
+
+def bucket(value: float, bounds: tuple[float, ...]) -> str:
+    """The bucket ``value`` falls in: the smallest bound at or above it, else "+Inf"."""
+    labels = _LABELS.get(bounds)
+    if labels is None:
+        labels = _LABELS[bounds] = tuple(repr(float(b)) for b in bounds)
+    at = bisect.bisect_left(bounds, value)
+    return labels[at] if at < len(labels) else "+Inf"
+
+
+def observe(
+    name: str, labels: tuple[str, ...], value: float, bounds: tuple[float, ...]
+) -> list[Increment]:
+    """The increments of one histogram observation."""
+    value = max(0.0, value)
+    return [
+        ("i", field(name, *labels, bucket(value, bounds)), "1"),
+        ("f", field(name + "_sum", *labels), repr(value)),
+    ]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one delivery step adds to the metrics: its outcome, and for a runner call
+    how late it was (``kind``: once, cron or trigger) and how long the runner took."""
+
+    outcome: str
+    platform: str
+    kind: str | None = None
+    lateness: float | None = None
+    runner_seconds: float | None = None
+
+    def increments(self) -> list[Increment]:
+        out: list[Increment] = [("i", field("deliveries", self.outcome, self.platform), "1")]
+        if self.lateness is not None and self.kind is not None:
+            out += observe("lateness", (self.kind, self.platform), self.lateness, LATENESS_BUCKETS)
+        if self.runner_seconds is not None:
+            out += observe("runner", (self.platform,), self.runner_seconds, RUNNER_BUCKETS)
+        return out
+
+
+class Batch:
+    """The metrics of one script call: each step's increments as ``index:amount;…``
+    (one argument per step, cheap to build and to parse), against the call's list of
+    distinct fields (one more argument, JSON ``[["i"|"f", field], …]``)."""
+
+    def __init__(self) -> None:
+        self._at: dict[tuple[str, str], int] = {}
+
+    def add(self, increments: Sequence[Increment]) -> str:
+        out = []
+        for kind, name, amount in increments:
+            at = self._at.setdefault((kind, name), len(self._at))
+            out.append(f"{at}:{amount}")
+        return ";".join(out)
+
+    def step(self, observation: Observation | None) -> str:
+        return "" if observation is None else self.add(observation.increments())
+
+    def fields(self) -> str:
+        return json.dumps(list(self._at), ensure_ascii=False, separators=(",", ":"))
+
+
+def tick_increments(seconds: float) -> list[Increment]:
+    return observe("tick", (), seconds, TICK_BUCKETS)
+
+
+def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> dict[tuple[str, ...], float]:
+    """The metrics hash as {(name, *labels): value}; fields that name the same series
+    (written by Python and by Lua, which escape differently) are added together."""
+    out: dict[tuple[str, ...], float] = {}
+    for key, value in raw.items():
+        text = key.decode() if isinstance(key, bytes) else key
+        try:
+            parts = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            continue
+        series = tuple(parts)
+        out[series] = out.get(series, 0.0) + float(value)
+    return out
