@@ -16,6 +16,16 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import store
+from ._time import to_ms
+from .occurrences import Delivery
+
+if TYPE_CHECKING:
+    from .plans import Plan
+    from .store import Scope
 
 #: Upper bounds (seconds) of the histograms' buckets; "+Inf" above the last.
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -117,3 +127,46 @@ def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> dict[tuple[str, ..
         series = tuple(parts)
         out[series] = out.get(series, 0.0) + float(value)
     return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the exporter shows, read in a few round trips whatever the number of
+    stored prompts: the counted series, and gauges from index sizes."""
+
+    series: dict[tuple[str, ...], float]
+    due_backlog: int
+    inflight: int
+    oldest_overdue_seconds: float
+    last_tick: float | None
+
+
+def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
+    """Read the metrics hash and the gauges. Costs O(series + in flight): the in-flight
+    set holds only occurrences within the horizon, never the stored prompts."""
+    keys, now_ms = ctx.keys, to_ms(now)
+    raw = yield store.Command(("HGETALL", keys.metrics))
+    overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
+    first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
+    members = yield store.Command(("ZRANGE", keys.inflight, 0, -1))
+    handed = [Delivery.from_key(store.as_text(m)).occurrence_ms for m in members]
+    past = [ms for ms in handed if ms <= now_ms]
+    oldest = [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
+    beat = yield store.Command(("GET", keys.beat))
+    return Snapshot(
+        series=decode(_as_mapping(raw)),
+        due_backlog=overdue + len(past),
+        inflight=len(handed),
+        oldest_overdue_seconds=max([0, *oldest]) / 1000,
+        last_tick=None if beat is None else int(beat) / 1000,
+    )
+
+
+def _as_mapping(raw: Any) -> Mapping[str, str]:
+    """HGETALL's reply as a mapping (a dict from redis-py, pairs from a bare command)."""
+    if isinstance(raw, Mapping):
+        return {store.as_text(k): store.as_text(v) for k, v in raw.items()}
+    items = list(raw or [])
+    return {
+        store.as_text(k): store.as_text(v) for k, v in zip(items[::2], items[1::2], strict=True)
+    }

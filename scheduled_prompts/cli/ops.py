@@ -135,3 +135,24 @@ def _summary(verb: str, count: int, skipped: Counter[str]) -> None:
     if reasons:
         text += "; skipped " + ", ".join(reasons)
     click.echo(text, err=True)
+
+
+@commands.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+def exporter(host: str, port: int) -> None:
+    """Serve Prometheus metrics at http://HOST:PORT/metrics until interrupted.
+
+    Every scrape reads the counts the workers keep in Redis and a few index sizes:
+    exact across all workers, and as cheap with millions of stored prompts as with ten.
+    """
+    try:
+        from .. import exporter as prometheus  # noqa: PLC0415 - the `metrics` extra
+    except ImportError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise CliError(
+            "the exporter needs prometheus-client: pip install 'scheduled-prompts[metrics]'"
+        ) from None
+    click.echo(f"metrics on http://{host}:{port}/metrics", err=True)
+    prometheus.serve(host, port)

@@ -1,0 +1,151 @@
+"""``scheduled-prompts exporter`` as a real process, scraped over HTTP and parsed with
+prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+import scheduled_prompts as sp
+from scheduled_prompts import engine
+from scheduled_prompts._time import to_ms, utcnow
+from scheduled_prompts.connection import get_redis, scope
+from scheduled_prompts.errors import DeliveryError
+from scheduled_prompts.occurrences import Delivery
+from support.redis_server import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPT = Path(sys.executable).parent / "scheduled-prompts"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Runner:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def exporter(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")}
+    env |= {"SCHEDULED_PROMPTS_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
+    log = (tmp_path / "exporter.log").open("wb")
+    proc = subprocess.Popen(
+        [str(SCRIPT), "exporter", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/metrics"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    log.close()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(url, timeout=30).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_a_scrape_shows_the_counts_histograms_and_gauges_the_store_holds(
+    exporter: str, redis_url: str
+) -> None:
+    sp.set_bot_runner(Runner())
+    try:
+        at = utcnow() + timedelta(seconds=30)
+        p = sp.schedule_prompt("hello", user_id="u", platform="discord", at=at)
+        d = Delivery(p.id, to_ms(at))
+        engine.deliver(get_redis(), scope(), d, now=at + timedelta(seconds=0.3))
+        sp.set_bot_runner(Runner(DeliveryError("later")))
+        q = sp.schedule_prompt("retry me", user_id="u", platform="slack", at=at)
+        engine.deliver(get_redis(), scope(), Delivery(q.id, to_ms(at)), now=at)
+    finally:
+        sp.set_bot_runner(None)
+    tick_at = utcnow()
+    engine.tick(get_redis(), scope(), lambda batch: None, now=tick_at)
+    # One prompt ten minutes overdue in the due index (as after an outage).
+    late = sp.schedule_prompt("overdue", user_id="u", platform="discord", delay=600)
+    get_redis().zadd(scope().keys.due, {late.id: to_ms(utcnow()) - 600_000})
+
+    got = scrape(exporter)
+    assert got[("scheduled_prompts_up", ())] == 1
+    delivered = (("outcome", "delivered"), ("platform", "discord"))
+    assert got[("scheduled_prompts_deliveries_total", delivered)] == 1
+    retried = (("outcome", "retried"), ("platform", "slack"))
+    assert got[("scheduled_prompts_deliveries_total", retried)] == 1
+    failed = (("outcome", "failed"), ("platform", ""))
+    assert got[("scheduled_prompts_deliveries_total", failed)] == 0  # present from the start
+    once = (("kind", "once"), ("platform", "discord"))
+    lateness = "scheduled_prompts_delivery_lateness_seconds"
+    assert got[(lateness + "_bucket", tuple(sorted((*once, ("le", "0.25")))))] == 0
+    assert got[(lateness + "_bucket", tuple(sorted((*once, ("le", "0.5")))))] == 1
+    assert got[(lateness + "_bucket", tuple(sorted((*once, ("le", "+Inf")))))] == 1
+    assert got[(lateness + "_count", once)] == 1
+    assert got[(lateness + "_sum", once)] == pytest.approx(0.3)
+    runner = "scheduled_prompts_runner_duration_seconds_count"
+    assert got[(runner, (("platform", "discord"),))] == 1
+    assert got[(runner, (("platform", "slack"),))] == 1
+    assert got[("scheduled_prompts_tick_duration_seconds_count", ())] == 1
+    assert got[("scheduled_prompts_last_tick_timestamp_seconds", ())] == pytest.approx(
+        to_ms(tick_at) / 1000
+    )
+    assert got[("scheduled_prompts_due_backlog", ())] == 1
+    assert got[("scheduled_prompts_oldest_overdue_seconds", ())] >= 600
+    assert got[("scheduled_prompts_inflight", ())] == get_redis().zcard(scope().keys.inflight)
+
+
+def _commands(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def test_a_scrape_costs_the_same_with_ten_or_two_thousand_stored_prompts(
+    exporter: str, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+
+    def cost() -> int:
+        before = _commands(client)
+        scrape(exporter)
+        return _commands(client) - before - 1  # INFO itself counts once
+
+    sp.schedule_many(
+        [{"prompt": f"p{i}", "user_id": "u", "platform": "p", "delay": 3600} for i in range(10)]
+    )
+    scrape(exporter)  # the exporter's connection made
+    small = cost()
+    sp.schedule_many(
+        [
+            {"prompt": f"q{i}", "user_id": f"u{i}", "platform": "p", "delay": 3600}
+            for i in range(2000)
+        ]
+    )
+    assert cost() == small
+    assert small <= 10
