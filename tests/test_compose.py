@@ -566,3 +566,48 @@ def test_the_sentinel_configuration_runs_in_a_real_sentinel(tmp_path: Path) -> N
             client.close()
             proc.terminate()
             proc.wait(10)
+
+
+# -- the monitoring profile: exporter, Prometheus with the rules, Grafana -------------------
+
+
+def _mounts(service: Mapping[str, Any]) -> dict[str, Path]:
+    """Container path -> the repository file or folder a bind mount brings in."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        if source.startswith("./"):
+            out[rest.split(":")[0]] = ROOT / source
+    return out
+
+
+def test_the_monitoring_profile_wires_exporter_prometheus_rules_and_grafana() -> None:
+    svcs = services()
+    for name in ("exporter", "prometheus", "grafana"):
+        assert svcs[name]["profiles"] == ["monitoring"], name
+    args = argv(svcs["exporter"]["command"])
+    assert args[:2] == ["scheduled-prompts", "exporter"]
+    ctx = cli.make_context("scheduled-prompts", args[1:], resilient_parsing=False)
+    sub = cli.get_command(ctx, "exporter")
+    assert sub is not None
+    params = sub.make_context("exporter", args[2:]).params
+    assert params["host"] == "0.0.0.0"
+    prometheus = _mounts(svcs["prometheus"])
+    config = yaml.safe_load(prometheus["/etc/prometheus/prometheus.yml"].read_text())
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"exporter:{params['port']}"]
+    assert config["rule_files"] == ["/etc/prometheus/rules.yml"]
+    assert prometheus["/etc/prometheus/rules.yml"] == ROOT / "deploy/prometheus/rules.yml"
+    grafana = _mounts(svcs["grafana"])
+    provider = yaml.safe_load(
+        (grafana["/etc/grafana/provisioning"] / "dashboards/scheduled-prompts.yml").read_text()
+    )
+    board_dir = provider["providers"][0]["options"]["path"]
+    assert (grafana[board_dir] / "scheduled-prompts.json").is_file()
+    source = yaml.safe_load(
+        (grafana["/etc/grafana/provisioning"] / "datasources/prometheus.yml").read_text()
+    )
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in svcs[name]["ports"]), name
+    assert "ports" not in svcs["exporter"]

@@ -3,7 +3,9 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import promql_parser
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import scheduled_prompts as sp
@@ -149,3 +153,57 @@ def test_a_scrape_costs_the_same_with_ten_or_two_thousand_stored_prompts(
     )
     assert cost() == small
     assert small <= 10
+
+
+# --- the alert rules and the dashboard -----------------------------------------------------
+
+DEPLOY = REPO / "deploy"
+METRIC = re.compile(r"\bscheduled_prompts_[a-z_]+\b")
+
+
+def _rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def _dashboard_exprs() -> list[str]:
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "scheduled-prompts.json").read_text())
+    return [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+
+
+def test_the_alert_rules_are_well_formed_promql() -> None:
+    rules = _rules()
+    names = {r["alert"] for r in rules}
+    for wanted in ("BeatStopped", "BacklogGrowing", "DeliveriesLate", "FailureRatio"):
+        assert f"ScheduledPrompts{wanted}" in names
+    for rule in rules:
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"]
+        assert rule["for"].endswith("m")
+
+
+def test_the_dashboard_queries_are_well_formed_promql() -> None:
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 8
+    for expr in exprs:
+        promql_parser.parse(expr)
+
+
+def test_every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape(exporter: str) -> None:
+    # A deployment that ticked and delivered once (labelled series appear with their labels).
+    engine.tick(get_redis(), scope(), lambda batch: None)
+    sp.set_bot_runner(Runner())
+    try:
+        at = utcnow() + timedelta(seconds=30)
+        p = sp.schedule_prompt("hello", user_id="u", platform="discord", at=at)
+        engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(at)), now=at)
+    finally:
+        sp.set_bot_runner(None)
+    text = httpx.get(exporter, timeout=30).text
+    scraped = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    named = {
+        m for e in [r["expr"] for r in _rules()] + _dashboard_exprs() for m in METRIC.findall(e)
+    }
+    assert named, "the rules name our metrics"
+    assert named <= scraped, sorted(named - scraped)
