@@ -12,7 +12,7 @@ import traceback
 
 from .common import progress
 
-BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness", "replication")
+BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness", "replication", "metrics")
 #: Extra arguments per benchmark in a full run: the profiles that say where time goes.
 EXTRA = {"burst": ["--profile"]}
 
