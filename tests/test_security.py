@@ -700,8 +700,15 @@ def test_flower_in_compose_bakes_in_no_credentials_and_no_other_way_in() -> None
     for svc in services({}).values():
         assert "FLOWER_UNAUTHENTICATED_API" not in environment(svc)
         assert svc.get("network_mode") != "host"
-    # Only Flower publishes a port; Redis and the workers are on the compose network only.
-    assert [name for name, svc in services({}).items() if svc.get("ports")] == ["flower"]
+    # Only the consoles publish a port, each on loopback: Flower, and Prometheus and
+    # Grafana of the monitoring profile; Redis, the workers and the exporter are on the
+    # compose network only.
+    published = {name: svc["ports"] for name, svc in services({}).items() if svc.get("ports")}
+    assert set(published) == {"flower", "prometheus", "grafana"}
+    assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports)
+    grafana = raw_compose()["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     (port,) = flower["ports"]
     assert str(port) == "127.0.0.1:5555:5555"
 
