@@ -18,8 +18,9 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import mcp_types as types
@@ -39,12 +40,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import aio
 from ._time import utcnow
-from .errors import StoreUnavailable
+from .errors import PromptNotFound, StoreUnavailable
 from .models import ScheduledPrompt
 from .schedules import get_zone
-from .tools import ToolContext, describe, handle_tool_call_async, tool_definitions
+from .tools import ToolContext, describe, handle_tool_call_async, owned, tool_definitions
 
 log = logging.getLogger("scheduled_prompts.mcp")
+T = TypeVar("T")
 
 MINE = "prompts://mine"
 ONE = "prompts://prompt/"
@@ -277,27 +279,26 @@ def build_server(fixed: ToolContext | None = None) -> Server:
     )
 
 
-async def _owned_page(who: ToolContext) -> list[ScheduledPrompt]:
+async def _store(call: Awaitable[T]) -> T:
+    """``call`` on the store; Redis away is an MCP error the host can show."""
     try:
-        page = await aio.list_prompts(user_id=who.user_id, platform=who.platform, limit=LISTED)
+        return await call
     except StoreUnavailable as exc:
         log.warning("resources: %s", exc)
         raise MCPError(code=-32603, message="the scheduler is unavailable right now") from None
+
+
+async def _owned_page(who: ToolContext) -> list[ScheduledPrompt]:
+    page = await _store(aio.list_prompts(user_id=who.user_id, platform=who.platform, limit=LISTED))
     return list(page.items)
 
 
 async def _owned(prompt_id: str, who: ToolContext) -> ScheduledPrompt | None:
     """The caller's prompt, or None: another user's prompt looks like no prompt."""
     try:
-        record = await aio.get_prompt(prompt_id)
-    except StoreUnavailable as exc:
-        log.warning("resources: %s", exc)
-        raise MCPError(code=-32603, message="the scheduler is unavailable right now") from None
-    except Exception:
+        return await _store(aio.arun(owned(prompt_id, who)))
+    except PromptNotFound:
         return None
-    if record is None or record.user_id != who.user_id or record.platform != who.platform:
-        return None
-    return record
 
 
 def _title(record: ScheduledPrompt) -> str:

@@ -460,7 +460,8 @@ def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler
     }
 
 
-def _owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
+def owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
+    """The caller's prompt; PromptNotFound for an unknown id and for another user's."""
     record = yield from verbs.get(scope(), prompt_id)
     # Another user's prompt (or another platform's user) looks exactly like no prompt.
     if record is None or record.user_id != ctx.user_id or record.platform != ctx.platform:
@@ -471,7 +472,7 @@ def _owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
 def _change(verb: Callable[..., Plan[ScheduledPrompt]]) -> HandlerFn:
     def handler(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler:
         prompt_id = args["prompt_id"]
-        yield from _owned(prompt_id, ctx)
+        yield from owned(prompt_id, ctx)
         now = utcnow()
         record = yield from verb(scope(), prompt_id, ctx.user_id, now)
         return {"success": True, **describe(record, ctx, now)}
