@@ -136,11 +136,10 @@ def _histogram(snap: metrics.Snapshot, spec: Histogram) -> HistogramMetricFamily
         counts[series[1:-1]][series[-1]] = value
     if not labels:
         counts.setdefault((), {})  # an unlabelled histogram exists from the start
-    edges = [repr(float(b)) for b in spec.bounds] + ["+Inf"]
     for label_values, by_edge in sorted(counts.items()):
         running = 0.0
         buckets = []
-        for edge in edges:
+        for edge in metrics.bucket_labels(spec.bounds):
             running += by_edge.get(edge, 0.0)
             buckets.append((edge, running))
         total = snap.series.get((source + "_sum", *label_values), 0.0)

@@ -43,16 +43,15 @@ def field(*parts: str) -> str:
     return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
-_LABELS: dict[tuple[float, ...], tuple[str, ...]] = {}
+@functools.lru_cache(maxsize=16)
+def bucket_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label of each bucket, "+Inf" last."""
+    return (*(repr(float(b)) for b in bounds), "+Inf")
 
 
 def bucket(value: float, bounds: tuple[float, ...]) -> str:
     """The bucket ``value`` falls in: the smallest bound at or above it, else "+Inf"."""
-    labels = _LABELS.get(bounds)
-    if labels is None:
-        labels = _LABELS[bounds] = tuple(repr(float(b)) for b in bounds)
-    at = bisect.bisect_left(bounds, value)
-    return labels[at] if at < len(labels) else "+Inf"
+    return bucket_labels(bounds)[bisect.bisect_left(bounds, value)]
 
 
 def observe(
