@@ -740,17 +740,18 @@ class Stream(Op):
                     wanted.append(False)
                 conn.send_command("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
                 wanted.append(True)
-            if self.wait is not None and wanted:
-                conn.send_command("WAIT", self.wait.replicas, self.wait.timeout_ms)
+            wait = self.wait if wanted else None  # nothing written: nothing to wait for
+            if wait is not None:
+                conn.send_command("WAIT", wait.replicas, wait.timeout_ms)
             replies = [conn.read_response() for _ in wanted]
-            acknowledged = conn.read_response() if self.wait is not None and wanted else None
+            acknowledged = conn.read_response() if wait is not None else None
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse this connection
             raise
         finally:
             pool.release(conn)
-        if self.wait is not None and wanted:
-            self.wait.check(acknowledged)
+        if wait is not None:
+            wait.check(acknowledged)
         return [reply for reply, keep in zip(replies, wanted, strict=True) if keep]
 
     async def arun(self, redis: AsyncRedis) -> list[Any]:
