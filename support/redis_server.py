@@ -34,6 +34,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_listening(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
+    """Until ``process`` listens on ``port`` (loopback); fails with its log if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"exited before listening:\n{log.read_text()}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
 def stop_process(process: subprocess.Popen[bytes], grace: float = 5) -> None:
     """SIGTERM, and SIGKILL if it is still there after ``grace`` seconds."""
     if process.poll() is None:
@@ -110,4 +127,4 @@ class RedisServer:
         self.cleanup()
 
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary", "stop_process"]
+__all__ = ["RedisServer", "free_port", "redis_server_binary", "stop_process", "wait_listening"]

@@ -7,10 +7,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +27,7 @@ from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError
 from scheduled_prompts.occurrences import Delivery
-from support.redis_server import free_port
+from support.redis_server import free_port, wait_listening
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,15 +53,7 @@ def exporter(redis_url: str, tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [str(SCRIPT), "exporter", "--port", str(port)], env=env, stdout=log, stderr=log
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    wait_listening(port, proc, tmp_path / "exporter.log")
     yield f"http://127.0.0.1:{port}/metrics"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 import scheduled_prompts as sp
 from scheduled_prompts.tools import tool_definitions
-from support.redis_server import free_port
+from support.redis_server import free_port, wait_listening
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -221,15 +220,7 @@ class HttpServer:
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                assert self.popen.poll() is None, self.log.read_text()
-                assert time.monotonic() < deadline, "the MCP server did not listen"
-                time.sleep(0.05)
+        wait_listening(self.port, self.popen, self.log)
 
     @property
     def url(self) -> str:
