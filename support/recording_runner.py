@@ -43,6 +43,19 @@ class RecordingRunner:
         _append("end", payload)
 
 
+class MemoryRunner:
+    """An in-process runner: keeps every payload; raises ``error`` (if given) each call."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+
+    def handle_webhook(self, payload: dict[str, Any]) -> None:
+        self.calls.append(payload)
+        if self.error is not None:
+            raise self.error
+
+
 def read_records(path: str) -> list[dict[str, Any]]:
     """Every complete line: a line without its newline yet is being written (a reader
     can see part of a write that is in progress), and is read the next time."""

@@ -27,21 +27,13 @@ from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError
 from scheduled_prompts.occurrences import Delivery
+from support.recording_runner import MemoryRunner
 from support.redis_server import free_port, wait_listening
 
 pytestmark = pytest.mark.timeout(120)
 
 SCRIPT = Path(sys.executable).parent / "scheduled-prompts"
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Runner:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-
-    def handle_webhook(self, payload: dict[str, Any]) -> None:
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture
@@ -72,13 +64,13 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_a_scrape_shows_the_counts_histograms_and_gauges_the_store_holds(
     exporter: str, redis_url: str
 ) -> None:
-    sp.set_bot_runner(Runner())
+    sp.set_bot_runner(MemoryRunner())
     try:
         at = utcnow() + timedelta(seconds=30)
         p = sp.schedule_prompt("hello", user_id="u", platform="discord", at=at)
         d = Delivery(p.id, to_ms(at))
         engine.deliver(get_redis(), scope(), d, now=at + timedelta(seconds=0.3))
-        sp.set_bot_runner(Runner(DeliveryError("later")))
+        sp.set_bot_runner(MemoryRunner(DeliveryError("later")))
         q = sp.schedule_prompt("retry me", user_id="u", platform="slack", at=at)
         engine.deliver(get_redis(), scope(), Delivery(q.id, to_ms(at)), now=at)
     finally:
@@ -183,7 +175,7 @@ def test_the_dashboard_queries_are_well_formed_promql() -> None:
 def test_every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape(exporter: str) -> None:
     # A deployment that ticked and delivered once (labelled series appear with their labels).
     engine.tick(get_redis(), scope(), lambda batch: None)
-    sp.set_bot_runner(Runner())
+    sp.set_bot_runner(MemoryRunner())
     try:
         at = utcnow() + timedelta(seconds=30)
         p = sp.schedule_prompt("hello", user_id="u", platform="discord", at=at)

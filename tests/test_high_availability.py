@@ -25,6 +25,7 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.settings import mask_url, sentinel_target, settings_from_env
 from scheduled_prompts.tools import ToolContext, handle_tool_call
+from support.recording_runner import MemoryRunner
 from support.sentinel import SentinelGroup
 
 pytestmark = [pytest.mark.xdist_group("sentinel"), pytest.mark.timeout(180)]
@@ -49,14 +50,6 @@ def ha(group: SentinelGroup) -> Iterator[SentinelGroup]:
     sp.configure(redis_url=group.url(), sentinel_password=SENTINEL_PW)
     yield group
     sp.configure()
-
-
-class Runner:
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def handle_webhook(self, payload: dict[str, Any]) -> None:
-        self.calls.append(payload)
 
 
 def _wait_count(group: SentinelGroup) -> int:
@@ -287,7 +280,7 @@ def test_with_min_replicas_every_create_change_and_commit_waits_for_the_replica(
     writes()
     assert _wait_count(ha) == 5
     # A delivery claims and commits: two more waits, and the runner ran once.
-    runner = Runner()
+    runner = MemoryRunner()
     sp.set_bot_runner(runner)
     try:
         now = utcnow()
@@ -335,7 +328,7 @@ def test_no_runner_call_without_a_claim_the_replicas_acknowledged(ha: SentinelGr
         min_replicas=2,
         min_replicas_timeout_ms=50,
     )
-    runner = Runner()
+    runner = MemoryRunner()
     sp.set_bot_runner(runner)
     try:
         delivery = Delivery(made.id, to_ms(made.next_run_at))  # type: ignore[arg-type]

@@ -16,27 +16,14 @@ from scheduled_prompts.claims import Claimed, Claims
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError, PermanentDeliveryError
 from scheduled_prompts.occurrences import Delivery
-
-
-class Runner:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.calls: list[dict[str, Any]] = []
-
-    def handle_webhook(self, payload: dict[str, Any]) -> None:
-        self.calls.append(payload)
-        if self.error is not None:
-            raise self.error
+from support.recording_runner import MemoryRunner
 
 
 @pytest.fixture
 def runner(redis_url: str) -> Any:
-    made: list[Runner] = []
-
-    def use(error: Exception | None = None) -> Runner:
-        r = Runner(error)
+    def use(error: Exception | None = None) -> MemoryRunner:
+        r = MemoryRunner(error)
         sp.set_bot_runner(r)
-        made.append(r)
         return r
 
     yield use
