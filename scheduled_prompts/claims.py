@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import redis
 
-from . import store
+from . import history, store
 from ._time import to_ms
 from .metrics import Batch, Observation
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
@@ -53,6 +53,8 @@ class Claims:
         self.token = secrets.token_hex(8)
         self.lease_ms = int(ctx.settings.lease_seconds * 1000)
         self._renewed = time.monotonic()
+        settings = ctx.settings
+        self._log_lengths = [settings.delivery_log_length, settings.failure_log_length]
 
     def claim(self, deliveries: Sequence[Delivery], now: datetime) -> list[Result | Claimed]:
         """Run CLAIM for every delivery: its :class:`Claimed`, or the Result that ends it."""
@@ -123,10 +125,11 @@ class Claims:
         keys = self.ctx.keys
         batch = Batch()
         step = batch.step(counted)
+        entry, failed = ("", "") if counted is None else history.encode(counted)
         store.Eval(
             store.RELEASE,
-            [keys.lease(d.prompt_id), keys.inflight, keys.metrics],
-            [self.token, d.key, deadline, step, batch.fields()],
+            [keys.lease(d.prompt_id), keys.inflight, keys.metrics, keys.log, keys.failures],
+            [*self._log_lengths, self.token, d.key, deadline, step, entry, failed, batch.fields()],
         ).run(self.client)
         if drop:
             self.client.zrem(self.ctx.keys.inflight, d.key)
@@ -190,9 +193,9 @@ class Claims:
                 for i, value in zip(stale, self.client.mget(rkeys), strict=True):
                     raws[i] = None if value is None else store.as_text(value)
             script_keys = [
-                keys.ids, keys.due, keys.finished, keys.open_counts, keys.inflight, keys.metrics
+                *store.record_indexes(keys), keys.inflight, keys.metrics, keys.log, keys.failures
             ]  # fmt: skip
-            args: list[str | int | float] = []
+            args: list[str | int | float] = [*self._log_lengths]
             sent: list[tuple[int, ScheduledPrompt]] = []
             batch = Batch()
             for i in todo:
@@ -218,8 +221,11 @@ class Claims:
                     keys.lease(d.prompt_id),
                     keys.done(d.key),
                 ]
+                step = metrics[i]
+                entry, failed = ("", "") if step is None else history.encode(step)
                 args += [raw, new.id, new.user_id, new.to_json(), due, finished, delta,
-                         self.token, d.key, done_ttl, batch.step(metrics[i])]  # fmt: skip
+                         self.token, d.key, done_ttl, batch.step(step), record.status.value,
+                         new.status.value, entry, failed]  # fmt: skip
                 sent.append((i, new))
             if not sent:
                 return

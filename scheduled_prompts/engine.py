@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from . import store
+from . import metrics, store
 from ._time import from_ms, to_iso, to_ms, utcnow
 from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
@@ -91,9 +91,11 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
             break
     counts = Batch()
     took = counts.add(tick_increments(time.perf_counter() - started))
-    yield store.Eval(
-        store.TICKED, [ctx.keys.beat, ctx.keys.metrics], [to_ms(now), took, counts.fields()]
-    )
+    keys = [ctx.keys.beat, ctx.keys.metrics, ctx.keys.counts]
+    counted = yield store.Eval(store.TICKED, keys, [to_ms(now), took, counts.fields()])
+    if not int(counted):
+        # Data from before the status counts (or a recount asked for): a few pages a tick.
+        yield from metrics.recount(ctx, now, pages=metrics.RECOUNT_PAGES_PER_TICK)
     return {"promoted": promoted, "redriven": redriven}
 
 
@@ -260,7 +262,9 @@ def _run_one(
             f"more than misfire_grace_seconds={grace:g}"
         )
         log.warning("prompt %s %s", record.id, error)
-        missed = Observation("skipped", record.platform)
+        missed = Observation(
+            "skipped", record.platform, kind, error=error, **_about(record, delivery, occurrence)
+        )
         return (
             _finisher(delivery, now, occurrence, False, error),
             Result(Outcome.MISSED, error=error),
@@ -276,13 +280,15 @@ def _run_one(
     payload = build_payload(record, key, occurrence, now, attempt)
     started = time.monotonic()
 
-    def observed(outcome: str, late: bool) -> Observation:
+    def observed(outcome: str, late: bool, error: str | None = None) -> Observation:
         return Observation(
             outcome,
             record.platform,
             kind,
             lateness=(now - occurrence).total_seconds() if late else None,
             runner_seconds=time.monotonic() - started,
+            error=error,
+            **_about(record, delivery, occurrence),
         )
 
     try:
@@ -299,7 +305,7 @@ def _run_one(
                 retry_in,
                 error,
             )
-            retried = observed("retried", late=False)
+            retried = observed("retried", late=False, error=error)
             claims.release(delivery, now + timedelta(seconds=retry_in), counted=retried)
             return Result(
                 Outcome.RETRY, retry_in=retry_in, error=error, occurrence_ms=to_ms(occurrence)
@@ -310,10 +316,20 @@ def _run_one(
         return (
             _finisher(delivery, now, occurrence, False, error),
             Result(Outcome.FAILED, error=error),
-            observed("failed", late=True),
+            observed("failed", late=True, error=error),
         )
     delivered = observed("delivered", late=True)
     return _finisher(delivery, now, occurrence, True, None), Result(Outcome.DELIVERED), delivered
+
+
+def _about(record: ScheduledPrompt, delivery: Delivery, occurrence: datetime) -> dict[str, Any]:
+    """The prompt and occurrence fields of a step's :class:`Observation`."""
+    return {
+        "prompt_id": record.id,
+        "user_id": record.user_id,
+        "occurrence_ms": to_ms(occurrence),
+        "trigger": delivery.trigger,
+    }
 
 
 def _finisher(

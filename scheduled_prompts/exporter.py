@@ -118,6 +118,13 @@ def families(snap: metrics.Snapshot) -> Iterator[Metric]:
     )
     tick.add_metric([], snap.last_tick or 0)
     yield tick
+    if snap.statuses is not None:  # absent until the first count completes (a tick does it)
+        prompts = GaugeMetricFamily(
+            PREFIX + "prompts", "Stored prompts by status.", labels=["status"]
+        )
+        for status, value in sorted(snap.statuses.items()):
+            prompts.add_metric([status], value)
+        yield prompts
 
 
 def _series(snap: metrics.Snapshot, name: str, labels: int) -> list[tuple[str, ...]]:

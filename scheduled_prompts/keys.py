@@ -17,6 +17,11 @@ key                        type     holds
 ``P:lock:hydrate``         string   hydration lock (token), expires by itself
 ``P:beat``                 string   epoch ms of the last tick (for ``doctor``)
 ``P:metrics``              hash     delivery and tick counters (``metrics.py``)
+``P:counts``               hash     prompts by status, kept by every write (``metrics.py``)
+``P:counts:cursor``        string   a recount's position in ``P:ids`` (while one runs)
+``P:counts:next``          hash     the counts a recount is rebuilding (while one runs)
+``P:log``                  stream   recent delivery steps, capped (``history.py``)
+``P:log:failures``         stream   recent failed and retried steps, capped
 =========================  =======  ====================================================
 
 ``{occurrence}`` is an idempotency key: ``{prompt_id}:{epoch_ms}``, or
@@ -90,3 +95,23 @@ class Keys:
     @property
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
+
+    @property
+    def counts(self) -> str:
+        return f"{self.prefix}:counts"
+
+    @property
+    def recount_cursor(self) -> str:
+        return f"{self.prefix}:counts:cursor"
+
+    @property
+    def recount_next(self) -> str:
+        return f"{self.prefix}:counts:next"
+
+    @property
+    def log(self) -> str:
+        return f"{self.prefix}:log"
+
+    @property
+    def failures(self) -> str:
+        return f"{self.prefix}:log:failures"

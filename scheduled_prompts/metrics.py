@@ -14,13 +14,14 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import store
 from ._time import to_ms
+from .models import Status
 from .occurrences import Delivery
 
 if TYPE_CHECKING:
@@ -67,14 +68,20 @@ def observe(
 
 @dataclass(frozen=True)
 class Observation:
-    """What one delivery step adds to the metrics: its outcome, and for a runner call
-    how late it was (``kind``: once, cron or trigger) and how long the runner took."""
+    """One delivery step as the metrics and the delivery log (``history.py``) see it: its
+    outcome, for a runner call how late it was (``kind``: once, cron or trigger) and how
+    long the runner took, and which prompt and occurrence it was about."""
 
     outcome: str
     platform: str
     kind: str | None = None
     lateness: float | None = None
     runner_seconds: float | None = None
+    prompt_id: str = ""
+    user_id: str = ""
+    occurrence_ms: int = 0
+    trigger: bool = False
+    error: str | None = None
 
     def increments(self) -> list[Increment]:
         out: list[Increment] = [("i", field("deliveries", self.outcome, self.platform), "1")]
@@ -128,12 +135,50 @@ def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> dict[tuple[str, ..
     return out
 
 
+#: Records one recount script call reads (about a millisecond of Redis time).
+RECOUNT_PAGE = 500
+#: Recount pages a tick runs while the status counts are incomplete.
+RECOUNT_PAGES_PER_TICK = 10
+
+
+def recount(
+    ctx: Scope,
+    now: datetime,
+    *,
+    restart: bool = False,
+    pages: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Plan[bool]:
+    """Count the stored prompts by status again, a page of records per script call,
+    while writes go on (they keep the count right, see ``store._STATUS``); the new
+    counts replace the old ones at the end. Starts a recount if none is running (or,
+    with ``restart``, starts over); runs at most ``pages`` pages (all without). Returns
+    whether the counts are complete. ``progress(n)`` after each page of ``n`` records."""
+    keys = ctx.keys
+    script_keys = [keys.ids, *store.status_keys(keys)]
+    prefix = keys.prompt("")
+    start = restart or not (yield store.Command(("EXISTS", keys.recount_cursor)))
+    done = 0
+    while pages is None or done < pages:
+        args: list[str | int | float] = [RECOUNT_PAGE, prefix, to_ms(now), "1" if start else ""]
+        state, counted = yield store.Eval(store.RECOUNT, script_keys, args)
+        start = False
+        done += 1
+        if progress is not None:
+            progress(int(counted))
+        if store.as_text(state) != "more":
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything the exporter shows, read in a few round trips whatever the number of
     stored prompts: the counted series, and gauges from index sizes."""
 
     series: dict[tuple[str, ...], float]
+    #: Stored prompts by status; None until the first count is complete.
+    statuses: dict[str, int] | None
     due_backlog: int
     inflight: int
     oldest_overdue_seconds: float
@@ -152,8 +197,14 @@ def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
     past = [ms for ms in handed if ms <= now_ms]
     oldest = [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
     beat = yield store.Command(("GET", keys.beat))
+    counts = _as_mapping((yield store.Command(("HGETALL", keys.counts))))
+    statuses = None
+    if "counted" in counts:
+        statuses = {s.value: 0 for s in Status}
+        statuses.update({k: int(v) for k, v in counts.items() if k != "counted"})
     return Snapshot(
         series=decode(_as_mapping(raw)),
+        statuses=statuses,
         due_backlog=overdue + len(past),
         inflight=len(handed),
         oldest_overdue_seconds=max([0, *oldest]) / 1000,

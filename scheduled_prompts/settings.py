@@ -94,6 +94,12 @@ class Settings:
     min_replicas_timeout_ms: int = _setting(
         1000, "How long a write waits for `SCHEDULED_PROMPTS_MIN_REPLICAS` replicas."
     )
+    delivery_log_length: int = _setting(
+        10_000, "Recent delivery steps kept in Redis for the console (0 = none)."
+    )
+    failure_log_length: int = _setting(
+        1_000, "Recent failed and retried steps kept apart from the others (0 = none)."
+    )
     redis_timeout_seconds: float = _setting(
         5.0, "Socket connect and read timeout of the store's Redis connections."
     )

@@ -101,24 +101,90 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# Writes one record and every index entry derived from it. Shared by PUT and COMMIT so
-# the indexes are maintained by exactly one piece of code.
-_WRITE_RECORD = """
+# Prompts by status (``P:counts``): status_change() notes one record's move from one
+# status to another ('' = none: created, deleted) and flush_statuses() writes the sums once
+# per call. While a recount runs (its cursor key exists, ``metrics.recount``), the move of
+# a record the recount has passed (id <= cursor, bytewise) goes to the hash being rebuilt
+# too; a record it has not passed yet is counted when the recount reaches it.
+_STATUS = """
+local status_moves, recounted_moves, recount_at = {}, {}, nil
+local function passed(id, cursor)
+  for i = 1, math.min(#id, #cursor) do
+    local x, y = string.byte(id, i), string.byte(cursor, i)
+    if x ~= y then return x < y end
+  end
+  return #id <= #cursor
+end
+local function status_change(cursor_key, id, from, to)
+  if from == to then return end
+  if recount_at == nil then recount_at = redis.call('GET', cursor_key) end
+  local into = {status_moves}
+  if recount_at and passed(id, recount_at) then into[2] = recounted_moves end
+  for _, t in ipairs(into) do
+    if from ~= '' then t[from] = (t[from] or 0) - 1 end
+    if to ~= '' then t[to] = (t[to] or 0) + 1 end
+  end
+end
+-- Before the first write to an empty store: nothing to recount, the counts start complete.
+local function count_from_empty(ids, counts)
+  if redis.call('EXISTS', ids) == 0 and redis.call('HEXISTS', counts, 'counted') == 0 then
+    local now = redis.call('TIME')
+    redis.call('DEL', counts)
+    redis.call('HSET', counts, 'counted', now[1] * 1000 + math.floor(now[2] / 1000))
+  end
+end
+local function flush_statuses(counts, rebuilt)
+  for s, n in pairs(status_moves) do
+    if n ~= 0 then redis.call('HINCRBY', counts, s, n) end
+  end
+  for s, n in pairs(recounted_moves) do
+    if n ~= 0 then redis.call('HINCRBY', rebuilt, s, n) end
+  end
+end
+"""
+
+# Writes one record and every index entry derived from it (the status counts too).
+# Shared by PUT and COMMIT so the indexes are maintained by exactly one piece of code.
+_WRITE_RECORD = (
+    _STATUS
+    + """
+-- ix: the index keys {ids, due, finished, open, counts, cursor, rebuilt}.
 -- indexed: the record is stored already (a commit), so it is in the id and user indexes.
-local function write_record(ids, due, finished, open, rkey, ukey, id, user, json, due_score,
-                            fin_score, delta, indexed)
+local function write_record(ix, rkey, ukey, id, user, json, due_score, fin_score, delta,
+                            indexed, from, to)
   redis.call('SET', rkey, json)
   if not indexed then
-    redis.call('ZADD', ids, 0, id)
+    redis.call('ZADD', ix.ids, 0, id)
     redis.call('ZADD', ukey, 0, id)
   end
-  if due_score ~= '' then redis.call('ZADD', due, due_score, id)
-  else redis.call('ZREM', due, id) end
-  if fin_score ~= '' then redis.call('ZADD', finished, fin_score, id)
-  else redis.call('ZREM', finished, id) end
+  if due_score ~= '' then redis.call('ZADD', ix.due, due_score, id)
+  else redis.call('ZREM', ix.due, id) end
+  if fin_score ~= '' then redis.call('ZADD', ix.finished, fin_score, id)
+  else redis.call('ZREM', ix.finished, id) end
   delta = tonumber(delta)
-  if delta ~= 0 and redis.call('HINCRBY', open, user, delta) <= 0 then
-    redis.call('HDEL', open, user)
+  if delta ~= 0 and redis.call('HINCRBY', ix.open, user, delta) <= 0 then
+    redis.call('HDEL', ix.open, user)
+  end
+  status_change(ix.cursor, id, from, to)
+end
+local function index_keys(at)
+  return {ids = KEYS[at], due = KEYS[at + 1], finished = KEYS[at + 2], open = KEYS[at + 3],
+          counts = KEYS[at + 4], cursor = KEYS[at + 5], rebuilt = KEYS[at + 6]}
+end
+"""
+)
+
+# The delivery log (``history.py``): every step a runner call decided goes to a capped
+# stream, failed and retried ones to a second; ARGV[1] and ARGV[2] of the calling script
+# are their lengths (0 = not kept).
+_LOG = """
+local function log_step(log, failures, entry, failed)
+  if entry == '' then return end
+  if tonumber(ARGV[1]) > 0 then
+    redis.call('XADD', log, 'MAXLEN', '~', ARGV[1], '*', 'e', entry)
+  end
+  if failed == '1' and tonumber(ARGV[2]) > 0 then
+    redis.call('XADD', failures, 'MAXLEN', '~', ARGV[2], '*', 'e', entry)
   end
 end
 """
@@ -152,22 +218,24 @@ PUT = Script(
     _WRITE_RECORD
     + """
 -- Writes a batch of records and their index entries, all or nothing.
--- KEYS: ids, due, finished, open-counts, then per record: record key, user index key,
---       lease key.
--- ARGV: quota ('' = none), then per record 7 values:
+-- KEYS: ids, due, finished, open-counts, status counts, recount cursor, recount hash,
+--       then per record: record key, user index key, lease key.
+-- ARGV: quota ('' = none), then per record 9 values:
 --   id, user_id, expected ('' = must not exist; else the exact stored JSON),
 --   new JSON, due score ('' = not due), finished score ('' = not finished),
---   open delta (-1, 0, 1: change of the user's live+paused count).
+--   open delta (-1, 0, 1: change of the user's live+paused count),
+--   stored status ('' = none), new status.
 -- Order: every check first (existence/compare-and-set, no delivery in progress, quota),
 -- then every write. A change never lands while a delivery of the prompt holds its lease,
 -- so once a cancel, pause or update returns, no delivery of the old state can follow.
 -- Returns {'ok'} | {'exists', i, stored} | {'changed', i, stored or ''}
 --       | {'leased', i, pttl} | {'quota', user}.
 local quota = ARGV[1]
-local n = (#KEYS - 4) / 3
+local ix = index_keys(1)
+local n = (#KEYS - 7) / 3
 for i = 1, n do
-  local a = 1 + (i - 1) * 7
-  local k = 2 + 3 * i
+  local a = 1 + (i - 1) * 9
+  local k = 5 + 3 * i
   local stored = redis.call('GET', KEYS[k])
   local expected = ARGV[a + 3]
   if expected == '' then
@@ -182,41 +250,45 @@ end
 if quota ~= '' then
   local adds = {}
   for i = 1, n do
-    local a = 1 + (i - 1) * 7
+    local a = 1 + (i - 1) * 9
     local delta = tonumber(ARGV[a + 7])
     if delta > 0 then adds[ARGV[a + 2]] = (adds[ARGV[a + 2]] or 0) + delta end
   end
   for user, delta in pairs(adds) do
-    local have = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+    local have = tonumber(redis.call('HGET', ix.open, user) or '0')
     if have + delta > tonumber(quota) then return {'quota', user} end
   end
 end
+count_from_empty(ix.ids, ix.counts)
 for i = 1, n do
-  local a = 1 + (i - 1) * 7
-  local k = 2 + 3 * i
-  write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k], KEYS[k + 1],
-               ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+  local a = 1 + (i - 1) * 9
+  local k = 5 + 3 * i
+  write_record(ix, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5],
+               ARGV[a + 6], ARGV[a + 7], false, ARGV[a + 8], ARGV[a + 9])
 end
+flush_statuses(ix.counts, ix.rebuilt)
 return {'ok'}
 """
 )
 
 CREATE = Script(
-    """
+    _STATUS
+    + """
 -- Creates new live records and their index entries, all or nothing: the PUT of a
 -- prompt that does not exist yet, with fewer arguments (a new record is live, due, and
 -- opens one slot of its user's quota), so that schedule_many spends little per prompt.
--- KEYS: ids, due, open-counts, then per record: record key, user index key.
--- ARGV: quota ('' = none), then per record 4 values: id, user_id, JSON, due score.
+-- KEYS: ids, due, open-counts, status counts, recount cursor, recount hash, then per
+--       record: record key, user index key.
+-- ARGV: quota ('' = none), then per record 5 values: id, user_id, JSON, due score, status.
 -- Returns {'ok'} | {'exists', i, stored} | {'quota', user}.
-local n = (#KEYS - 3) / 2
+local n = (#KEYS - 6) / 2
 for i = 1, n do
-  local stored = redis.call('GET', KEYS[2 + 2 * i])
+  local stored = redis.call('GET', KEYS[5 + 2 * i])
   if stored then return {'exists', i, stored} end
 end
 local adds, users = {}, {}
 for i = 1, n do
-  local user = ARGV[4 * i - 1]
+  local user = ARGV[5 * i - 2]
   if not adds[user] then adds[user] = 0; users[#users + 1] = user end
   adds[user] = adds[user] + 1
 end
@@ -226,6 +298,7 @@ if ARGV[1] ~= '' then
     if have + adds[user] > tonumber(ARGV[1]) then return {'quota', user} end
   end
 end
+count_from_empty(KEYS[1], KEYS[4])
 -- Index entries go in variadic ZADDs, in chunks that stay within Lua's stack.
 local ids, due = {}, {}
 local function flush()
@@ -235,16 +308,18 @@ local function flush()
   end
 end
 for i = 1, n do
-  local a = 4 * (i - 1) + 1
+  local a = 5 * (i - 1) + 1
   local id = ARGV[a + 1]
-  redis.call('SET', KEYS[2 + 2 * i], ARGV[a + 3])
-  redis.call('ZADD', KEYS[3 + 2 * i], 0, id)
+  redis.call('SET', KEYS[5 + 2 * i], ARGV[a + 3])
+  redis.call('ZADD', KEYS[6 + 2 * i], 0, id)
   ids[#ids + 1] = 0; ids[#ids + 1] = id
   due[#due + 1] = ARGV[a + 4]; due[#due + 1] = id
+  status_change(KEYS[5], id, '', ARGV[a + 5])
   if #ids >= 2000 then flush() end
 end
 flush()
 for _, user in ipairs(users) do redis.call('HINCRBY', KEYS[3], user, adds[user]) end
+flush_statuses(KEYS[4], KEYS[6])
 return {'ok'}
 """
 )
@@ -252,38 +327,46 @@ return {'ok'}
 COMMIT = Script(
     _WRITE_RECORD
     + _COUNT
+    + _LOG
     + """
 -- Records the outcomes of deliveries: per outcome the new record and the end of the
 -- occurrence's claim, in one step. Compare-and-set against the JSON the deliverer read.
--- KEYS: ids, due, finished, open-counts, inflight, metrics, then per outcome: record,
---       user index, lease, done.
--- ARGV: per outcome 11 values: expected JSON, id, user_id, new JSON, due score,
---       finished score, open delta, lease token, idempotency key, done TTL ms ('' = no
---       done marker), metrics ('' = none); last, the metrics fields.
+-- KEYS: ids, due, finished, open-counts, status counts, recount cursor, recount hash,
+--       inflight, metrics, delivery log, failure log, then per outcome: record, user
+--       index, lease, done.
+-- ARGV: delivery log length, failure log length, then per outcome 15 values: expected
+--       JSON, id, user_id, new JSON, due score, finished score, open delta, lease token,
+--       idempotency key, done TTL ms ('' = no done marker), metrics ('' = none), stored
+--       status, new status, log entry ('' = none), '1' if a failure; last, the metrics
+--       fields.
 -- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
--- leaves the in-flight set, (triggers) the done marker is set, and the metrics counted.
+-- leaves the in-flight set, (triggers) the done marker is set, the metrics counted and
+-- the step logged.
 -- Returns per outcome 'ok' | 'changed' ('ok' too when the record already is the new
 -- JSON: a retry after a lost reply does not apply the outcome, nor count it, twice).
+local ix = index_keys(1)
 local out = {}
-for i = 1, (#KEYS - 6) / 4 do
-  local k = 6 + 4 * (i - 1)
-  local a = 11 * (i - 1)
+for i = 1, (#KEYS - 11) / 4 do
+  local k = 11 + 4 * (i - 1)
+  local a = 2 + 15 * (i - 1)
   local stored = redis.call('GET', KEYS[k + 1])
   if stored == ARGV[a + 4] then
     out[i] = 'ok'
   elseif stored ~= ARGV[a + 1] then
     out[i] = 'changed'
   else
-    write_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[k + 1], KEYS[k + 2], ARGV[a + 2],
-                 ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], true)
+    write_record(ix, KEYS[k + 1], KEYS[k + 2], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                 ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], true, ARGV[a + 12], ARGV[a + 13])
     if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
-    redis.call('ZREM', KEYS[5], ARGV[a + 9])
+    redis.call('ZREM', KEYS[8], ARGV[a + 9])
     if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
     count(ARGV[a + 11])
+    log_step(KEYS[10], KEYS[11], ARGV[a + 14], ARGV[a + 15])
     out[i] = 'ok'
   end
 end
-flush_counts(KEYS[6])
+flush_counts(KEYS[9])
+flush_statuses(ix.counts, ix.rebuilt)
 return out
 """
 )
@@ -366,18 +449,21 @@ return out
 
 RELEASE = Script(
     _COUNT
+    + _LOG
     + """
 -- Gives a claim back (the runner failed or is missing): deletes the lease only if the
--- token is ours (and then counts the step's metrics: once, even if this is sent again),
+-- token is ours (and then counts and logs the step: once, even if this is sent again),
 -- and moves the occurrence's re-drive deadline ('' = keep it).
--- KEYS: lease, inflight, metrics.
--- ARGV: token, idempotency key, deadline ms, metrics, metrics fields.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+-- KEYS: lease, inflight, metrics, delivery log, failure log.
+-- ARGV: delivery log length, failure log length, token, idempotency key, deadline ms,
+--       metrics, log entry ('' = none), '1' if a failure, metrics fields.
+if redis.call('GET', KEYS[1]) == ARGV[3] then
   redis.call('DEL', KEYS[1])
-  count(ARGV[4])
+  count(ARGV[6])
   flush_counts(KEYS[3])
+  log_step(KEYS[4], KEYS[5], ARGV[7], ARGV[8])
 end
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2]) end
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[5], ARGV[4]) end
 return 1
 """
 )
@@ -386,11 +472,12 @@ TICKED = Script(
     _COUNT
     + """
 -- A tick finished: records when (for doctor and the exporter) and how long it took.
--- KEYS: beat, metrics. ARGV: epoch ms, metrics, metrics fields.
+-- KEYS: beat, metrics, status counts. ARGV: epoch ms, metrics, metrics fields.
+-- Returns 1 if the status counts are complete, 0 if a recount is still to do.
 redis.call('SET', KEYS[1], ARGV[1])
 count(ARGV[2])
 flush_counts(KEYS[2])
-return 1
+return redis.call('HEXISTS', KEYS[3], 'counted')
 """
 )
 
@@ -465,25 +552,69 @@ return 0
 )
 
 DELETE = Script(
-    """
+    _STATUS
+    + """
 -- Deletes terminal records that are still exactly as read, with their index entries.
--- KEYS: ids, due, finished, then per record: record key, user index key.
--- ARGV: per record 2 values: id, expected JSON. A record that changed is kept.
+-- KEYS: ids, due, finished, status counts, recount cursor, recount hash, then per
+--       record: record key, user index key.
+-- ARGV: per record 3 values: id, expected JSON, its status. A record that changed is kept.
 -- Returns the number deleted.
 local deleted = 0
-local n = (#KEYS - 3) / 2
+local n = (#KEYS - 6) / 2
 for i = 1, n do
-  local id = ARGV[2 * i - 1]
-  if redis.call('GET', KEYS[2 + 2 * i]) == ARGV[2 * i] then
-    redis.call('DEL', KEYS[2 + 2 * i])
+  local id = ARGV[3 * i - 2]
+  if redis.call('GET', KEYS[5 + 2 * i]) == ARGV[3 * i - 1] then
+    redis.call('DEL', KEYS[5 + 2 * i])
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-    redis.call('ZREM', KEYS[3 + 2 * i], id)
+    redis.call('ZREM', KEYS[6 + 2 * i], id)
+    status_change(KEYS[5], id, ARGV[3 * i], '')
     deleted = deleted + 1
   end
 end
+flush_statuses(KEYS[4], KEYS[6])
 return deleted
+"""
+)
+
+RECOUNT = Script(
+    """
+-- One page of a recount of the prompts by status (``metrics.recount``): counts the
+-- records after the cursor into the hash being rebuilt and moves the cursor; after the
+-- last page the rebuilt hash replaces the counts, stamped with ARGV[3] ('counted').
+-- Writes meanwhile keep both hashes right (``_STATUS``).
+-- KEYS: ids, status counts, recount cursor, recount hash.
+-- ARGV: page size, record key prefix, now ms, '1' to start (over).
+-- Returns {'idle' | 'more' | 'done', records counted}.
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[3], ''); redis.call('DEL', KEYS[4])
+end
+local cursor = redis.call('GET', KEYS[3])
+if not cursor then return {'idle', 0} end
+local from = '-'
+if cursor ~= '' then from = '(' .. cursor end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, ARGV[1])
+local tally = {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', ARGV[2] .. id)
+  if raw then
+    local ok, rec = pcall(cjson.decode, raw)
+    local status = 'unreadable'
+    if ok and type(rec) == 'table' and type(rec.status) == 'string' then status = rec.status end
+    tally[status] = (tally[status] or 0) + 1
+  end
+end
+for status, n in pairs(tally) do redis.call('HINCRBY', KEYS[4], status, n) end
+if #ids == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[3], ids[#ids])
+  return {'more', #ids}
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[2])
+else redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[2], 'counted', ARGV[3])
+redis.call('DEL', KEYS[3])
+return {'done', #ids}
 """
 )
 
@@ -774,40 +905,53 @@ def index_entries(record: ScheduledPrompt) -> tuple[str, str]:
     return due, finished
 
 
+def record_indexes(keys: Keys) -> list[str]:
+    """The index keys a record write maintains, in the order ``index_keys`` reads them."""
+    return [keys.ids, keys.due, keys.finished, keys.open_counts, *status_keys(keys)]
+
+
+def status_keys(keys: Keys) -> list[str]:
+    """The status counts, the recount cursor and the hash a recount rebuilds."""
+    return [keys.counts, keys.recount_cursor, keys.recount_next]
+
+
 def put_op(keys: Keys, puts: Sequence[Put], quota: int | None) -> Eval:
     """The :data:`PUT` script call writing ``puts`` atomically."""
-    script_keys = [keys.ids, keys.due, keys.finished, keys.open_counts]
+    script_keys = record_indexes(keys)
     args: list[str | int | float] = ["" if quota is None else str(quota)]
     for put in puts:
-        rec = put.record
+        rec, old = put.record, put.old
+        if (old is None) != (put.expected is None):
+            raise ValueError("a Put replacing a record carries the record it read (old)")
         due, finished = index_entries(rec)
-        was_open = put.old.status.is_open if put.old else False
-        delta = int(rec.status.is_open) - int(was_open)
+        delta = int(rec.status.is_open) - int(old is not None and old.status.is_open)
+        was = "" if old is None else old.status.value
         script_keys += [keys.prompt(rec.id), keys.user(rec.user_id), keys.lease(rec.id)]
-        args += [rec.id, rec.user_id, put.expected or "", rec.to_json(), due, finished, delta]
+        args += [rec.id, rec.user_id, put.expected or "", rec.to_json(), due, finished, delta,
+                 was, rec.status.value]  # fmt: skip
     return Eval(PUT, script_keys, args)
 
 
 def create_op(keys: Keys, records: Sequence[ScheduledPrompt], quota: int | None) -> Eval:
     """The :data:`CREATE` script call writing new live ``records`` atomically."""
-    script_keys = [keys.ids, keys.due, keys.open_counts]
+    script_keys = [keys.ids, keys.due, keys.open_counts, *status_keys(keys)]
     args: list[str | int | float] = ["" if quota is None else str(quota)]
     prompt_key, user_key = keys.prompt, keys.user
     for rec in records:
         if not rec.status.is_live or rec.next_run_at is None:
             raise ValueError(f"create_op writes live records only, not {rec.status}")
         script_keys += [prompt_key(rec.id), user_key(rec.user_id)]
-        args += [rec.id, rec.user_id, rec.to_json(), to_ms(rec.next_run_at)]
+        args += [rec.id, rec.user_id, rec.to_json(), to_ms(rec.next_run_at), rec.status.value]
     return Eval(CREATE, script_keys, args)
 
 
 def delete_op(keys: Keys, items: Sequence[tuple[ScheduledPrompt, str]]) -> Eval:
     """The :data:`DELETE` script call for (record, stored JSON) pairs."""
-    script_keys = [keys.ids, keys.due, keys.finished]
+    script_keys = [keys.ids, keys.due, keys.finished, *status_keys(keys)]
     args: list[str | int | float] = []
     for record, raw in items:
         script_keys += [keys.prompt(record.id), keys.user(record.user_id)]
-        args += [record.id, raw]
+        args += [record.id, raw, record.status.value]
     return Eval(DELETE, script_keys, args)
 
 

@@ -106,6 +106,15 @@ def test_a_scrape_shows_the_counts_histograms_and_gauges_the_store_holds(
     assert got[("scheduled_prompts_due_backlog", ())] == 1
     assert got[("scheduled_prompts_oldest_overdue_seconds", ())] >= 600
     assert got[("scheduled_prompts_inflight", ())] == get_redis().zcard(scope().keys.inflight)
+    # By status: q waits for its retry (still scheduled), p ran, late is scheduled.
+    statuses = {
+        labels[0][1]: value
+        for (name, labels), value in got.items()
+        if name == "scheduled_prompts_prompts"
+    }
+    assert statuses == {
+        "scheduled": 2, "executed": 1, "active": 0, "paused": 0, "cancelled": 0, "failed": 0
+    }  # fmt: skip
 
 
 def _commands(client: redis.Redis) -> int:
