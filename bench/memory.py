@@ -28,9 +28,11 @@ from bench.common import (
 )
 from bench.redbeat_peer import redbeat_app
 from bench.tick import RedBeatLoader, Workload, load_ours, load_seed
-from scheduled_prompts import api
-from scheduled_prompts._time import utcnow
+from scheduled_prompts import api, history
+from scheduled_prompts._time import to_ms, utcnow
 from scheduled_prompts.connection import scope
+from scheduled_prompts.ids import new_prompt_ids
+from scheduled_prompts.metrics import Observation
 from support.cluster import REPO, Process
 from support.recording_runner import read_records
 
@@ -71,6 +73,9 @@ def ours_breakdown(client: redis.Redis, n: int, delta: int) -> list[dict[str, An
         (f"{keys.due} (zset)", 1, usage(client, [keys.due])),
         (f"{keys.prefix}:user:* (zsets)", len(users), usage(client, users)),
         (f"{keys.open_counts} (hash)", 1, usage(client, [keys.open_counts])),
+        (f"{keys.counts} (hash)", 1, usage(client, [keys.counts])),
+        (f"{keys.log} (stream, full)", 1, usage(client, [keys.log])),
+        (f"{keys.failures} (stream, full)", 1, usage(client, [keys.failures])),
     ]
     counted = sum(p[2] for p in parts)
     parts.append(("other (keyspace tables, scripts)", 0, delta - counted))
@@ -99,7 +104,7 @@ def measure_bytes(server_url: str, client: redis.Redis, n: int) -> list[dict[str
     rows: list[dict[str, Any]] = []
     loader = RedBeatLoader(redbeat_app(server_url), wl.base)
     systems = (
-        ("ours", lambda: load_ours(wl)),
+        ("ours (delivery log full)", lambda: (load_ours(wl), fill_logs(client))),
         ("seed (one JSON key per record)", lambda: load_seed(client, wl)),
         ("celery-redbeat entries", lambda: loader.load(client, wl)),
     )
@@ -111,7 +116,7 @@ def measure_bytes(server_url: str, client: redis.Redis, n: int) -> list[dict[str
         delta = used_memory(client) - before
         row: dict[str, Any] = {"system": name, "stored": n, "used_memory_delta": delta,
                                "bytes_per_prompt": delta / n}  # fmt: skip
-        if name == "ours":
+        if name.startswith("ours"):
             row["breakdown"] = ours_breakdown(client, n, delta)
         elif name.startswith("celery-redbeat"):
             row["breakdown"] = redbeat_breakdown(client, loader, n, delta)
@@ -122,6 +127,25 @@ def measure_bytes(server_url: str, client: redis.Redis, n: int) -> list[dict[str
         progress(f"{name}: {delta / n:,.0f} bytes per prompt")
     client.flushall()
     return rows
+
+
+def fill_logs(client: redis.Redis) -> None:
+    """The delivery logs at their default lengths, as after a long run: entries as the
+    commit writes them (failures with a 200-character error)."""
+    settings, keys = scheduled_prompts.get_settings(), scope().keys
+    for key, length, error in (
+        (keys.log, settings.delivery_log_length, None),
+        (keys.failures, settings.failure_log_length, "DeliveryError: " + "x" * 185),
+    ):
+        pipe = client.pipeline(transaction=False)
+        for i in range(length):
+            step = Observation(
+                "failed" if error else "delivered", "discord", "once", 0.012, 0.35,
+                new_prompt_ids(1)[0], f"user-{i % 5000:05d}", to_ms(utcnow()), error=error,
+            )  # fmt: skip
+            entry, _ = history.encode(step)
+            pipe.xadd(key, {"e": entry}, maxlen=length, approximate=True)
+        pipe.execute()
 
 
 def _seed_ids(client: redis.Redis) -> list[str]:
@@ -274,6 +298,7 @@ def render_rss(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10k prompts; RSS at 1k and 100k")
+    parser.add_argument("--bytes-only", action="store_true", help="part 1 only (no RSS)")
     args = parser.parse_args(argv)
     n = QUICK_BYTES_N if args.quick else BYTES_N
     with redis_server() as server:
@@ -286,15 +311,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             scheduled_prompts.configure()
     print(render_bytes(bytes_rows))
-    rss_rows = []
+    rss_rows: list[dict[str, Any]] = []
+    sizes = () if args.bytes_only else QUICK_RSS_SIZES if args.quick else RSS_SIZES
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        for stored in QUICK_RSS_SIZES if args.quick else RSS_SIZES:
+        for stored in sizes:
             progress(f"worker RSS with {stored:,} stored")
             rss_rows.append(measure_rss(stored, Path(tmp)))
-    print()
-    print(render_rss(rss_rows))
+    if rss_rows:
+        print()
+        print(render_rss(rss_rows))
+    name = "memory-quick" if args.quick else "memory"
     path = write_results(
-        "memory-quick" if args.quick else "memory",
+        name + "-bytes" if args.bytes_only else name,
         {"machine": info, "bytes": bytes_rows, "worker_rss": rss_rows},
     )
     progress(f"wrote {path}")

@@ -1,6 +1,7 @@
-"""What counting the metrics costs per delivery: ``python -m bench.metrics [--quick]``.
-The commit of batches of deliveries with and without their counts, interleaved in the
-same run. Method and figures: docs/performance.md, "Methods"."""
+"""What counting the metrics and logging the steps cost per delivery:
+``python -m bench.metrics [--quick]``. The commit of batches of deliveries without counts,
+with counts, and with counts and the delivery log, interleaved in the same run. Method
+and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 
@@ -36,22 +37,32 @@ def _claimed(n: int, tag: str) -> tuple[Claims, list[Claimed]]:
     return claims, taken
 
 
-def _commit(n: int, batch: int, counted: bool) -> float:
+#: The variants measured: (label, what each delivery adds: nothing, its counts, its
+#: counts and its log entry).
+VARIANTS = ("without counts", "with counts", "with counts and log")
+
+
+def _commit(n: int, batch: int, variant: str) -> float:
     """Seconds per delivery to commit ``n`` claimed occurrences, ``batch`` a call."""
-    claims, taken = _claimed(n, "counted" if counted else "plain")
+    claims, taken = _claimed(n, variant.replace(" ", "-"))
 
     def change(r: Any) -> Any:
         return r.replace(run_count=r.run_count + 1, version=r.version + 1)
 
+    def seen(c: Claimed) -> Observation:
+        if variant == "with counts":
+            return Observation("delivered", "bench", "once", 0.012, 0.003)
+        d = c.delivery
+        return Observation(
+            "delivered", "bench", "once", 0.012, 0.003, d.prompt_id, c.record.user_id,
+            d.occurrence_ms,
+        )  # fmt: skip
+
     started = time.perf_counter()
     for i in range(0, len(taken), batch):
         part = taken[i : i + batch]
-        seen = (
-            [Observation("delivered", "bench", "once", 0.012, 0.003) for _ in part]
-            if counted
-            else None
-        )
-        claims.commit([(c, change) for c in part], seen)
+        steps = None if variant == "without counts" else [seen(c) for c in part]
+        claims.commit([(c, change) for c in part], steps)
     return (time.perf_counter() - started) / len(taken)
 
 
@@ -60,35 +71,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    runs: dict[str, list[float]] = {"without counts": [], "with counts": []}
+    runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with redis_server() as server:
         scheduled_prompts.configure(redis_url=server.url, horizon_seconds=0)
         try:
-            _commit(200, sizes["batch"], True)  # warm-up: scripts loaded
+            _commit(200, sizes["batch"], VARIANTS[-1])  # warm-up: scripts loaded
             for rnd in range(sizes["rounds"]):
                 progress(f"round {rnd + 1}")
-                for label, found in runs.items():
+                for variant, found in runs.items():
                     get_redis().flushall()
-                    found.append(_commit(sizes["n"], sizes["batch"], label == "with counts"))
+                    found.append(_commit(sizes["n"], sizes["batch"], variant))
             hash_bytes = int(get_redis().memory_usage(scope().keys.metrics) or 0)
+            log_bytes = int(get_redis().memory_usage(scope().keys.log) or 0)
+            log_entries = int(get_redis().xlen(scope().keys.log))
         finally:
             scheduled_prompts.configure()
-    plain, counted = median(runs["without counts"]), median(runs["with counts"])
-    rows = [
-        ["commit without counts", plain * 1e6, ""],
-        ["commit with counts", counted * 1e6, f"+{(counted - plain) * 1e6:.1f} µs"],
-    ]
+    plain = median(runs[VARIANTS[0]])
+    rows = [[VARIANTS[0].replace("without", "commit without"), plain * 1e6, ""]]
+    for variant in VARIANTS[1:]:
+        took = median(runs[variant])
+        rows.append([f"commit {variant}", took * 1e6, f"+{(took - plain) * 1e6:.1f} µs"])
     print(
         table(
-            f"Counting the metrics: commit of {sizes['n']:,} deliveries, {sizes['batch']} a "
-            f"call (median of {sizes['rounds']} interleaved round(s))",
-            ["step", "µs per delivery", "cost of the counts"],
+            f"Counting the metrics and logging: commit of {sizes['n']:,} deliveries, "
+            f"{sizes['batch']} a call (median of {sizes['rounds']} interleaved round(s))",
+            ["step", "µs per delivery", "cost over no counts"],
             rows,
         )
     )
     print(f"\nmetrics hash after the run: {hash_bytes:,} bytes (bounded by the label sets)")
+    print(
+        f"delivery log after the run: {log_entries:,} entries, {log_bytes:,} bytes "
+        f"({log_bytes / max(1, log_entries):.0f} bytes an entry)"
+    )
     name = "metrics-quick" if args.quick else "metrics"
-    data = {"machine": machine(), "sizes": sizes, "runs": runs, "hash_bytes": hash_bytes}
+    data = {
+        "machine": machine(),
+        "sizes": sizes,
+        "runs": runs,
+        "hash_bytes": hash_bytes,
+        "log_entries": log_entries,
+        "log_bytes": log_bytes,
+    }
     progress(f"wrote {write_results(name, data)}")
     return 0
 

@@ -115,15 +115,15 @@ local function passed(id, cursor)
   end
   return #id <= #cursor
 end
+local function move(t, from, to)
+  if from ~= '' then t[from] = (t[from] or 0) - 1 end
+  if to ~= '' then t[to] = (t[to] or 0) + 1 end
+end
 local function status_change(cursor_key, id, from, to)
   if from == to then return end
   if recount_at == nil then recount_at = redis.call('GET', cursor_key) end
-  local into = {status_moves}
-  if recount_at and passed(id, recount_at) then into[2] = recounted_moves end
-  for _, t in ipairs(into) do
-    if from ~= '' then t[from] = (t[from] or 0) - 1 end
-    if to ~= '' then t[to] = (t[to] or 0) + 1 end
-  end
+  move(status_moves, from, to)
+  if recount_at and passed(id, recount_at) then move(recounted_moves, from, to) end
 end
 -- Before the first write to an empty store: nothing to recount, the counts start complete.
 local function count_from_empty(ids, counts)

@@ -562,6 +562,17 @@ def test_stats_counts_by_status_and_the_overdue_backlog(r: redis.Redis) -> None:
     assert data["last_tick"] is None
 
 
+def test_recount_rebuilds_the_counts_by_status_from_the_records(r: redis.Redis) -> None:
+    once()
+    sp.cancel_prompt(once().id)
+    r.hset(K.counts, mapping={"scheduled": 40, "failed": 3})  # wrong, as after a hand restore
+    assert ok_json("recount") == {
+        "scheduled": 1, "active": 0, "paused": 0, "executed": 0, "cancelled": 1, "failed": 0
+    }  # fmt: skip
+    table_out = ok("recount").stdout
+    assert "STATUS" in table_out and "cancelled" in table_out
+
+
 def test_stats_of_an_empty_store_and_its_table(redis_url: str) -> None:
     data = ok_json("stats")
     assert data["total"] == 0

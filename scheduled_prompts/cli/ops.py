@@ -1,4 +1,5 @@
-"""Operator commands: stats, cleanup, hydrate, export, import (over ``operations.py``)."""
+"""Operator commands: stats, cleanup, hydrate, export, import (over ``operations.py``),
+recount and the metrics exporter (over ``metrics.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import IO, Any, TextIO, cast
 
 import click
 
-from .. import api, operations
+from .. import api, metrics, operations
+from .._time import utcnow
 from ..connection import scope
 from ..errors import InvalidSchedule
 from ..models import RecordError
@@ -135,6 +137,24 @@ def _summary(verb: str, count: int, skipped: Counter[str]) -> None:
     if reasons:
         text += "; skipped " + ", ".join(reasons)
     click.echo(text, err=True)
+
+
+@commands.command()
+@json_option
+def recount(as_json: bool) -> None:
+    """Count the stored prompts by status again, from the records.
+
+    The counts behind the exporter's `prompts{status}` gauge are kept by every write;
+    this rebuilds them (after restoring a backup made by hand, say). Writes go on while
+    it runs. Data stored before the counts existed is recounted by beat's ticks anyway.
+    """
+    with _progress(_total(), "recounting") as bar:
+        api.run(metrics.recount(scope(), utcnow(), restart=True, progress=bar.update))
+    counts = api.run(metrics.statuses(scope())) or {}
+    if as_json:
+        print_json(counts)
+        return
+    table(["STATUS", "PROMPTS"], [[k, v] for k, v in counts.items()])
 
 
 @commands.command()
