@@ -168,6 +168,8 @@ _NON_NEGATIVE = {
     "min_replicas",
     "min_replicas_timeout_ms",
     "pulse_seconds",
+    "delivery_log_length",
+    "failure_log_length",
     "tool_max_active_prompts",
     "tool_min_cron_interval_seconds",
     "tool_max_prompt_chars",

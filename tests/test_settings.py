@@ -195,6 +195,8 @@ def test_non_finite_seconds_are_rejected(var: str, raw: str) -> None:
         ("MAX_METADATA_BYTES", "-1"),
         ("MAX_PROMPTS_PER_USER", "-3"),
         ("REDIS_TIMEOUT_SECONDS", "-5"),
+        ("DELIVERY_LOG_LENGTH", "-1"),
+        ("FAILURE_LOG_LENGTH", "-10"),
     ],
 )
 def test_negative_value_is_rejected_naming_the_variable(var: str, raw: str) -> None:
