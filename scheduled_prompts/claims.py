@@ -56,8 +56,14 @@ class Claims:
         settings = ctx.settings
         self._log_lengths = [settings.delivery_log_length, settings.failure_log_length]
 
-    def claim(self, deliveries: Sequence[Delivery], now: datetime) -> list[Result | Claimed]:
-        """Run CLAIM for every delivery: its :class:`Claimed`, or the Result that ends it."""
+    def claim(
+        self,
+        deliveries: Sequence[Delivery],
+        now: datetime,
+        slots: Sequence[int | None] | None = None,
+    ) -> list[Result | Claimed]:
+        """Run CLAIM for every delivery: its :class:`Claimed`, or the Result that ends it
+        (``slots``: the rate slot each holds from an earlier LIMITED attempt)."""
         keys = self.ctx.keys
         script_keys = [keys.inflight, keys.metrics]
         args: list[str | int | float] = [
@@ -65,10 +71,13 @@ class Claims:
             self.lease_ms,
             to_ms(now) + redrive_delay(self.ctx),
             SCHEMA_VERSION,
+            self.ctx.settings.limits.script_arg,
+            keys.prefix + ":",
         ]
-        for d in deliveries:
+        held = slots if slots is not None else [None] * len(deliveries)
+        for d, slot in zip(deliveries, held, strict=True):
             script_keys += [keys.prompt(d.prompt_id), keys.lease(d.prompt_id), keys.done(d.key)]
-            args += ["" if d.trigger else str(d.occurrence_ms), d.key]
+            args += ["" if d.trigger else str(d.occurrence_ms), d.key, "" if slot is None else slot]
         rows = self.ctx.durable(store.Eval(store.CLAIM, script_keys, args)).run(self.client)
         self._renewed = time.monotonic()
         out: list[Result | Claimed] = []
@@ -79,6 +88,13 @@ class Claims:
 
     def _read(self, d: Delivery, state: str, detail: str) -> Result | Claimed:
         rkey = self.ctx.keys.prompt(d.prompt_id)
+        if state == "wait":
+            # Over its platform's rate or concurrency limit: come back later (holding
+            # the rate slot it reserved, if any).
+            wait, _, slot = detail.partition(":")
+            return Result(
+                Outcome.LIMITED, retry_in=int(wait) / 1000, slot_ms=int(slot) if slot else None
+            )
         if state == "busy":
             # Another delivery of this prompt is in progress: look again soon (a live
             # holder finishes in moments; a dead one's lease expires).

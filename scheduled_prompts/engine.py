@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -112,13 +113,28 @@ def deliver(
     attempt: int = 1,
     coalesced_ms: int | None = None,
     now: datetime | None = None,
+    slot_ms: int | None = None,
+    limited_since_ms: int | None = None,
 ) -> Result:
     """Deliver one occurrence: claim, re-check, call the runner, commit.
 
     ``coalesced_ms`` is the occurrence a first attempt chose when coalescing; a retry
-    passes it so its payload (and idempotency key) stays that of the first attempt.
+    passes it so its payload (and idempotency key) stays that of the first attempt. An
+    attempt after a LIMITED one passes the rate slot it holds (``slot_ms``) and when it
+    was first held back (``limited_since_ms``: the misfire grace is judged then).
     """
-    return _deliver(client, ctx, [delivery], attempt, coalesced_ms, fixed_now=now)[0]
+    waiting = Waiting(slot_ms, limited_since_ms)
+    return _deliver(client, ctx, [delivery], attempt, coalesced_ms, fixed_now=now, waiting=waiting)[
+        0
+    ]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What an occurrence held back by a platform limit carries to its next attempt."""
+
+    slot_ms: int | None = None
+    since_ms: int | None = None
 
 
 def deliver_many(
@@ -178,10 +194,20 @@ def _deliver(
     *,
     fixed_now: datetime | None,
     stopping: Callable[[], bool] | None = None,
+    waiting: Waiting | None = None,
 ) -> list[Result]:
     claims = Claims(client, ctx)
-    taken = claims.claim(deliveries, fixed_now or utcnow())
-    results: list[Result | None] = [r if isinstance(r, Result) else None for r in taken]
+    waiting = waiting or Waiting()
+    claimed_at = fixed_now or utcnow()
+    slots = [waiting.slot_ms] * len(deliveries)
+    taken = claims.claim(deliveries, claimed_at, slots)
+    since = waiting.since_ms if waiting.since_ms is not None else to_ms(claimed_at)
+    results: list[Result | None] = [
+        (dataclasses.replace(r, limited_since_ms=since) if r.outcome is Outcome.LIMITED else r)
+        if isinstance(r, Result)
+        else None
+        for r in taken
+    ]
     held = [(i, c) for i, c in enumerate(taken) if isinstance(c, Claimed)]
     pending: list[tuple[int, Claimed, Change, Result, Observation]] = []
     oldest = last_call = 0.0
@@ -208,7 +234,9 @@ def _deliver(
             continue
         now = fixed_now or utcnow()
         started = time.monotonic()
-        step = _run_one(claims, claimed, attempt, coalesced_ms, now)
+        step = _run_one(
+            claims, claimed, attempt, coalesced_ms, now, limited_since_ms=waiting.since_ms
+        )
         last_call = time.monotonic() - started
         if isinstance(step, Result):
             results[i] = step
@@ -241,9 +269,13 @@ def _run_one(
     attempt: int,
     coalesced_ms: int | None,
     now: datetime,
+    *,
+    limited_since_ms: int | None = None,
 ) -> Result | tuple[Change, Result, Observation]:
     """Decide and run one claimed occurrence: a final Result (nothing to commit), or the
-    change to commit with the Result it stands for and what it adds to the metrics."""
+    change to commit with the Result it stands for and what it adds to the metrics.
+    Held back by a platform limit since ``limited_since_ms``: the misfire grace is judged
+    at that time (waiting for a limit does not make an occurrence missed)."""
     record, delivery = claimed.record, claimed.delivery
     kind = "trigger" if delivery.trigger else record.kind.value
     occurrence = from_ms(delivery.occurrence_ms)
@@ -253,7 +285,8 @@ def _run_one(
         occurrence = _latest_missed(record, occurrence, now)
     # A one-time prompt's lateness counts from its own time, even when resumed late.
     reference = record.schedule_time if record.kind is Kind.ONCE and not delivery.trigger else None
-    late = now - (reference or occurrence)
+    seen = now if limited_since_ms is None else min(now, from_ms(limited_since_ms))
+    late = seen - (reference or occurrence)
     grace = record.misfire_grace_seconds
     # Only a first attempt can be a misfire: a retry is late because the runner failed.
     if attempt == 1 and not delivery.trigger and grace is not None and late.total_seconds() > grace:

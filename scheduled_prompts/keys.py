@@ -20,6 +20,8 @@ key                        type     holds
 ``P:counts``               hash     prompts by status, kept by every write (``metrics.py``)
 ``P:counts:cursor``        string   a recount's position in ``P:ids`` (while one runs)
 ``P:counts:next``          hash     the counts a recount is rebuilding (while one runs)
+``P:rate:{platform}``      string   a rate-limited platform's next free slot (``limits.py``)
+``P:running:{platform}``   zset     a concurrency-limited platform's prompts in delivery
 ``P:log``                  stream   recent delivery steps, capped (``history.py``)
 ``P:log:failures``         stream   recent failed and retried steps, capped
 =========================  =======  ====================================================
@@ -115,3 +117,11 @@ class Keys:
     @property
     def failures(self) -> str:
         return f"{self.prefix}:log:failures"
+
+    def rate(self, platform: str) -> str:
+        """Written by CLAIM, which builds the name the same way."""
+        return f"{self.prefix}:rate:{platform}"
+
+    def running(self, platform: str) -> str:
+        """Written by CLAIM, which builds the name the same way."""
+        return f"{self.prefix}:running:{platform}"

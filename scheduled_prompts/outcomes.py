@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     MISSED = "missed"  # later than misfire_grace_seconds: recorded, not delivered
     NO_RUNNER = "no_runner"  # left pending
     DEFERRED = "deferred"  # not run: the worker is stopping; its lease released
+    LIMITED = "limited"  # not claimed: its platform is at a rate or concurrency limit
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,7 @@ class Result:
     record: ScheduledPrompt | None = None
     #: The occurrence delivered (after coalescing); retries pass it back unchanged.
     occurrence_ms: int | None = None
+    #: LIMITED by a rate: the slot (Redis epoch ms) it holds; its next attempt passes it.
+    slot_ms: int | None = None
+    #: LIMITED: when it was first held back (worker epoch ms); its next attempt passes it.
+    limited_since_ms: int | None = None

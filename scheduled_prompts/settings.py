@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from .limits import Limits, limits, parse_concurrency, parse_rates
+
 ENV_PREFIX = "SCHEDULED_PROMPTS_"
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
@@ -100,6 +102,14 @@ class Settings:
     failure_log_length: int = _setting(
         1_000, "Recent failed and retried steps kept apart from the others (0 = none)."
     )
+    rate_limits: str | None = _setting(
+        None,
+        "Per-platform delivery rates across all workers, e.g. `discord=50/s,telegram=20/m:5` "
+        "(N per s, m or h; `:B` allows a burst of B, default 1).",
+    )
+    concurrency_limits: str | None = _setting(
+        None, "Per-platform cap on runner calls at once across all workers, e.g. `discord=4`."
+    )
     redis_timeout_seconds: float = _setting(
         5.0, "Socket connect and read timeout of the store's Redis connections."
     )
@@ -118,6 +128,11 @@ class Settings:
         if shown["sentinel_password"] is not None:
             shown["sentinel_password"] = "***"
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    @property
+    def limits(self) -> Limits:
+        """The parsed rate and concurrency limits (see ``limits.py``)."""
+        return limits(self.rate_limits, self.concurrency_limits)
 
     @property
     def visibility_timeout(self) -> int:
@@ -195,6 +210,11 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
             sentinel_target(url)
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}REDIS_URL={exc}") from None
+    for name, parse in (("rate_limits", parse_rates), ("concurrency_limits", parse_concurrency)):
+        try:
+            parse(values.get(name))
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
     for name in _NON_NEGATIVE:
         value = values.get(name)
         if value is not None and not (math.isfinite(value) and value >= 0):

@@ -376,24 +376,74 @@ CLAIM = Script(
 -- Claims occurrences for delivery. Guarantees: at most one holder of a prompt's lease at
 -- a time; a claim succeeds only while the record still schedules this occurrence (live,
 -- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
--- the trigger was not delivered before.
+-- the trigger was not delivered before - and while its platform is within its limits
+-- (``limits.py``: on Redis's clock, so one clock for every worker).
 -- KEYS: inflight, metrics, then per occurrence: record, lease, done.
--- ARGV: token, lease ms, re-drive deadline ms, the schema version this code reads, then
---       per occurrence: expected next_run_at epoch ms ('' for a trigger), idempotency key.
--- Returns per occurrence two values: 'ok', record JSON | 'busy', lease pttl | 'stale', ''
---   | 'gone', '' | 'done', '' | 'unreadable', '' (not JSON, or another schema version:
---   left as it is). Every outcome but 'ok' and 'busy' takes the key out of the in-flight
---   set; 'ok' moves its re-drive deadline. Metrics: 'redelivered' for every message of
---   an occurrence delivered already (a broker handing it out again), 'skipped' once per
---   occurrence no longer due (by the step that takes it out of the in-flight set).
+-- ARGV: token, lease ms, re-drive deadline ms, the schema version this code reads,
+--       platform limits (JSON {platform: [interval ms, burst tolerance ms, concurrency]},
+--       '' = none), key prefix, then per occurrence: expected next_run_at epoch ms (''
+--       for a trigger), idempotency key, the rate slot it holds (ms, '' = none).
+-- Returns per occurrence two values: 'ok', record JSON | 'busy', lease pttl
+--   | 'wait', 'ms:slot' (over a limit: come back in ms, holding that rate slot, '' if
+--   none) | 'stale', '' | 'gone', '' | 'done', '' | 'unreadable', '' (not JSON, or
+--   another schema version: left as it is). Every outcome but 'ok', 'busy' and 'wait'
+--   takes the key out of the in-flight set; 'ok' moves its re-drive deadline, 'wait'
+--   pushes it back by the wait. Metrics: 'redelivered' for every message of an
+--   occurrence delivered already (a broker handing it out again), 'skipped' once per
+--   occurrence no longer due (by the step that takes it out of the in-flight set),
+--   'limited' per wait.
 local inflight, metrics, token, lease, deadline = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local schema = tonumber(ARGV[4])
+local limits = nil
+if ARGV[5] ~= '' then limits = cjson.decode(ARGV[5]) end
+local prefix = ARGV[6]
+local clock = nil
+local function now_ms()
+  if clock == nil then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
+end
 local function drop(key, outcome, platform)
   if redis.call('ZREM', inflight, key) == 1 or outcome == 'redelivered' then
     redis.call('HINCRBY', metrics, cjson.encode({'deliveries', outcome, platform or ''}), 1)
   end
 end
-local function claim(rkey, lkey, dkey, expected, key)
+-- Whether a platform limit holds this occurrence back: nil, or which limit, how many ms
+-- to wait and the rate slot it holds meanwhile.
+local function limited(platform, slot)
+  local limit = limits and limits[platform]
+  if not limit then return nil end
+  local now = now_ms()
+  if limit[3] > 0 then
+    -- Its prompts whose lease is still held (claimed, not yet committed or released).
+    local running = prefix .. 'running:' .. platform
+    local held = 0
+    for _, other in ipairs(redis.call('ZRANGE', running, 0, -1)) do
+      if redis.call('EXISTS', prefix .. 'lease:' .. other) == 1 then held = held + 1
+      else redis.call('ZREM', running, other) end
+    end
+    if held >= limit[3] then return 'concurrency', 500, slot end
+  end
+  if limit[1] > 0 then
+    if slot ~= '' then
+      local left = tonumber(slot) - now
+      if left > 0 then return 'rate', left, slot end
+    else
+      -- Generic cell rate algorithm: reserve the next free slot (tat: theoretical
+      -- arrival time); up to the burst tolerance of it may be taken ahead.
+      local key = prefix .. 'rate:' .. platform
+      local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
+      local at = tat - limit[2]
+      redis.call('SET', key, string.format('%.3f', tat + limit[1]), 'PX',
+                 math.ceil(tat + limit[1] - now) + 1000)
+      if at > now then return 'rate', at - now, string.format('%d', math.ceil(at)) end
+    end
+  end
+  return nil
+end
+local function claim(rkey, lkey, dkey, expected, key, slot)
   local raw = redis.call('GET', rkey)
   if not raw then drop(key, 'skipped'); return 'gone', '' end
   local ok, rec = pcall(cjson.decode, raw)
@@ -415,16 +465,27 @@ local function claim(rkey, lkey, dkey, expected, key)
       and rec.last_execution >= tonumber(expected)
     drop(key, ran and 'redelivered' or 'skipped', rec.platform); return 'stale', ''
   end
-  if not redis.call('SET', lkey, token, 'NX', 'PX', lease) then
+  if redis.call('EXISTS', lkey) == 1 then
     return 'busy', tostring(redis.call('PTTL', lkey))
+  end
+  local why, wait, held = limited(rec.platform, slot)
+  if why then
+    redis.call('ZADD', inflight, 'XX', tonumber(deadline) + math.ceil(wait), key)
+    redis.call('HINCRBY', metrics, cjson.encode({'limited', rec.platform, why}), 1)
+    return 'wait', string.format('%d', math.ceil(wait)) .. ':' .. held
+  end
+  redis.call('SET', lkey, token, 'PX', lease)
+  if limits and limits[rec.platform] and limits[rec.platform][3] > 0 then
+    redis.call('ZADD', prefix .. 'running:' .. rec.platform, now_ms(), rec.id)
   end
   redis.call('ZADD', inflight, deadline, key)
   return 'ok', raw
 end
 local out = {}
 for i = 1, (#KEYS - 2) / 3 do
-  local state, detail = claim(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[2 * i + 3],
-                              ARGV[2 * i + 4])
+  local a = 4 + 3 * i
+  local state, detail = claim(KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a],
+                              ARGV[a + 1], ARGV[a + 2])
   out[#out + 1] = state
   out[#out + 1] = detail
 end

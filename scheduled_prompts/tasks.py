@@ -23,7 +23,7 @@ from .celery_app import app
 from .connection import get_redis, scope
 from .errors import RunnerNotConfigured, StoreUnavailable
 from .occurrences import Delivery, batches, hand_over
-from .outcomes import Outcome
+from .outcomes import Outcome, Result
 from .plans import run
 from .runners import get_runner
 
@@ -97,6 +97,8 @@ def deliver(
     trigger: bool = False,
     attempt: int = 1,
     coalesced_ms: int | None = None,
+    slot_ms: int | None = None,
+    limited_since_ms: int | None = None,
 ) -> str:
     """Deliver one occurrence (by id: the prompt text never travels in the message).
 
@@ -113,6 +115,7 @@ def deliver(
             attempt == 1
             and not trigger
             and coalesced_ms is None
+            and limited_since_ms is None
             and ctx.settings.deliver_batch_size > 1
         ):
             others = engine.siblings(client, ctx, delivery, ctx.settings.deliver_batch_size - 1)
@@ -120,7 +123,13 @@ def deliver(
             result = engine.deliver_many(client, ctx, [delivery, *others], stopping=stopping)[0]
         else:
             result = engine.deliver(
-                client, ctx, delivery, attempt=attempt, coalesced_ms=coalesced_ms
+                client,
+                ctx,
+                delivery,
+                attempt=attempt,
+                coalesced_ms=coalesced_ms,
+                slot_ms=slot_ms,
+                limited_since_ms=limited_since_ms,
             )
     except (RedisError, StoreUnavailable) as exc:
         # The occurrence stays in flight in Redis; tick re-drives it if this retry is lost.
@@ -133,9 +142,17 @@ def deliver(
             "coalesced_ms": result.occurrence_ms,
         }
         raise self.retry(countdown=result.retry_in, kwargs=kwargs)
+    if result.outcome is Outcome.LIMITED:
+        kwargs = {"trigger": trigger, "attempt": attempt, "coalesced_ms": coalesced_ms}
+        raise self.retry(countdown=result.retry_in, kwargs=kwargs | _limited(result))
     if result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
         raise self.retry(countdown=result.retry_in)
     return result.outcome.value
+
+
+def _limited(result: Result) -> dict[str, Any]:
+    """What a LIMITED occurrence's next attempt carries."""
+    return {"slot_ms": result.slot_ms, "limited_since_ms": result.limited_since_ms}
 
 
 @app.task(name=DELIVER_BATCH, bind=True, max_retries=None, ignore_result=True)
@@ -158,6 +175,8 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
         if result.outcome is Outcome.RETRY:
             kwargs = {"attempt": 2, "coalesced_ms": result.occurrence_ms}
             _follow_up(d, result.retry_in, kwargs)
+        elif result.outcome is Outcome.LIMITED:
+            _follow_up(d, result.retry_in, _limited(result))
         elif result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
             _follow_up(d, result.retry_in, {})
     return counts
