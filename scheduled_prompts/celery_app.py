@@ -63,7 +63,9 @@ def broker_config(s: Settings) -> dict[str, Any]:
     # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
     # must outlast the horizon, or the Redis transport redelivers them early.
     options: dict[str, Any] = {"visibility_timeout": s.visibility_timeout}
-    config: dict[str, Any] = {"broker_transport_options": options}
+    # Every key set below is set here too, so that following new settings (configure())
+    # replaces what the old ones set, TLS included.
+    config: dict[str, Any] = {"broker_transport_options": options, "broker_use_ssl": False}
     target = None if s.broker_url else sentinel_target(s.redis_url)
     if target is None:
         return config | {"broker_url": s.broker_url or s.redis_url}

@@ -215,21 +215,37 @@ def list_page(
     status: object,
     limit: int,
     cursor: str | None,
+    text: str | None = None,
+    scan_limit: int | None = None,
 ) -> Plan[PromptPage]:
+    """Up to ``limit`` prompts after ``cursor`` that match every filter given, oldest first.
+
+    ``text`` keeps the prompts whose text contains it, ignoring case. ``scan_limit`` caps
+    the records examined (read from the index, matching or not): when it runs out before
+    the page is full, the page ends early and ``next_cursor`` is the last id examined, so
+    a filter that matches little never reads the whole store in one call.
+    """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidSchedule(f"limit must be an integer from 1 to 1000, got {limit!r}")
     if cursor is not None and not isinstance(cursor, str):
         raise InvalidSchedule(f"cursor must be a next_cursor string or None, got {cursor!r}")
-    for name, value in (("user_id", user_id), ("platform", platform)):
+    for name, value in (("user_id", user_id), ("platform", platform), ("text", text)):
         if value is not None and not isinstance(value, str):
             raise InvalidSchedule(f"{name} must be a string or None, got {type(value).__name__}")
+    if scan_limit is not None and (
+        isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1
+    ):
+        raise InvalidSchedule(f"scan_limit must be a positive integer or None, got {scan_limit!r}")
     statuses = _coerce_statuses(status)
+    needle = None if text is None else text.casefold()
     index = ctx.keys.ids if user_id is None else ctx.keys.user(user_id)
     items: list[ScheduledPrompt] = []
     after = cursor
     chunk = max(limit, 100)
+    budget = scan_limit
     while True:
-        ids: list[str] = yield store.RangeByLex(index, after, chunk)
+        asked = chunk if budget is None else min(chunk, budget)
+        ids: list[str] = yield store.RangeByLex(index, after, asked)
         if not ids:
             return PromptPage(items, None)
         keys = [ctx.keys.prompt(i) for i in ids]
@@ -243,13 +259,18 @@ def list_page(
                 (user_id is not None and record.user_id != user_id)
                 or (platform is not None and record.platform != platform)
                 or (statuses is not None and record.status not in statuses)
+                or (needle is not None and needle not in record.prompt.casefold())
             ):
                 continue
             items.append(record)
             if len(items) == limit:
                 return PromptPage(items, pid)
-        if len(ids) < chunk:
+        if len(ids) < asked:
             return PromptPage(items, None)
+        if budget is not None:
+            budget -= len(ids)
+            if budget == 0:
+                return PromptPage(items, after)
 
 
 def _mutate(

@@ -361,6 +361,19 @@ def test_rediss_sentinel_speaks_tls_to_the_sentinel_the_primary_and_the_broker(
         sentinel.wait(10)
 
 
+def test_new_settings_drop_the_broker_tls_of_the_old_ones() -> None:
+    from scheduled_prompts.celery_app import app
+
+    sp.configure(redis_url="rediss+sentinel://:pw@127.0.0.1:1/main/0?ssl_cert_reqs=required")
+    try:
+        assert app.conf.broker_use_ssl == {"ssl_cert_reqs": "required"}
+        assert app.conf.broker_transport_options["master_name"] == "main"
+    finally:
+        sp.configure()
+    assert not app.conf.broker_use_ssl
+    assert "master_name" not in app.conf.broker_transport_options
+
+
 def test_plain_redis_url_to_the_tls_port_is_store_unavailable(
     tls_server: SecuredRedis, tls_url: str
 ) -> None:

@@ -13,7 +13,7 @@ import click
 
 from ..errors import PromptError
 from ..settings import configure
-from . import doctor, mcp, ops, prompts, up
+from . import console, doctor, mcp, ops, prompts, up
 from .common import CliError
 
 
@@ -62,6 +62,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-for _module in (prompts, ops, doctor, up, mcp):
+for _module in (prompts, ops, doctor, up, mcp, console):
     for _command in _module.commands:
         cli.add_command(_command)

@@ -1,0 +1,63 @@
+"""Times as the console shows them: a prompt's next fire times, UTC and local clocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..models import Kind, ScheduledPrompt
+from ..schedules import get_zone, next_cron_run, parse_cron
+
+#: Fire times listed on a prompt's page.
+NEXT_FIRES = 10
+
+
+@dataclass(frozen=True)
+class Instant:
+    """One instant in UTC and on the prompt's own clock."""
+
+    utc: str
+    local: str
+
+
+def next_fires(record: ScheduledPrompt, count: int = NEXT_FIRES) -> list[datetime]:
+    """The next ``count`` occurrences, the way the engine will fire them: none for a paused
+    or finished prompt, the one time of a one-time prompt, and for a cron prompt its
+    ``next_run_at`` then the schedule's next instants within ``end_at`` and the runs
+    ``max_runs`` leaves."""
+    if not record.is_live or record.next_run_at is None:
+        return []
+    if record.kind is Kind.ONCE:
+        return [record.next_run_at]
+    assert record.cron_expression is not None
+    schedule = parse_cron(record.cron_expression, record.timezone)
+    left = count if record.max_runs is None else record.max_runs - record.scheduled_runs
+    fires = [record.next_run_at]
+    while len(fires) < min(count, left):
+        following = next_cron_run(schedule, fires[-1], end_at=record.end_at)
+        if following is None:
+            break
+        fires.append(following)
+    return fires
+
+
+def utc_text(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def local_text(value: datetime | None, zone: str) -> str:
+    if value is None:
+        return "—"
+    here = value.astimezone(get_zone(zone))
+    return here.strftime("%Y-%m-%d %H:%M:%S ") + (here.tzname() or zone)
+
+
+def instant(value: datetime, zone: str) -> Instant:
+    return Instant(utc_text(value), local_text(value, zone))
+
+
+def seconds_text(value: float | None) -> str:
+    """``0.123 s`` / ``12.3 s`` / ``—``."""
+    if value is None:
+        return "—"
+    return f"{value:.3f} s" if abs(value) < 10 else f"{value:.1f} s"
