@@ -12,7 +12,16 @@ import traceback
 
 from .common import progress
 
-BENCHMARKS = ("tick", "throughput", "memory", "burst", "lateness", "replication", "metrics")
+BENCHMARKS = (
+    "tick",
+    "throughput",
+    "memory",
+    "burst",
+    "lateness",
+    "replication",
+    "metrics",
+    "limits",
+)
 #: Extra arguments per benchmark in a full run: the profiles that say where time goes.
 EXTRA = {"burst": ["--profile"]}
 

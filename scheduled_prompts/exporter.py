@@ -99,6 +99,15 @@ def families(snap: metrics.Snapshot) -> Iterator[Metric]:
     for (_, outcome, platform), value in sorted(_by_series(snap, "deliveries", 2).items()):
         deliveries.add_metric([outcome, platform], value)
     yield deliveries
+    limited = CounterMetricFamily(
+        PREFIX + "limited",
+        "Claims held back by a platform's rate or concurrency limit (each waits and comes "
+        "back: not a failure).",
+        labels=["platform", "limit"],
+    )
+    for (_, platform, limit), value in sorted(_by_series(snap, "limited", 2).items()):
+        limited.add_metric([platform, limit], value)
+    yield limited
     for spec in HISTOGRAMS:
         yield _histogram(snap, spec)
     for name, value, doc in (

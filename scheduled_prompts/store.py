@@ -410,6 +410,16 @@ local function drop(key, outcome, platform)
     redis.call('HINCRBY', metrics, cjson.encode({'deliveries', outcome, platform or ''}), 1)
   end
 end
+-- The generic cell rate algorithm on one key: when the next event may go (ms) and, if
+-- that is now (or ``only_if_now`` is false: a reservation), the key moved past it.
+local function gcra(key, limit, now, only_if_now)
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
+  local at = tat - limit[2]
+  if only_if_now and at > now then return at end
+  redis.call('SET', key, string.format('%.3f', tat + limit[1]), 'PX',
+             math.ceil(tat + limit[1] - now) + 1000)
+  return at
+end
 -- Whether a platform limit holds this occurrence back: nil, or which limit, how many ms
 -- to wait and the rate slot it holds meanwhile.
 local function limited(platform, slot)
@@ -427,19 +437,22 @@ local function limited(platform, slot)
     if held >= limit[3] then return 'concurrency', 500, slot end
   end
   if limit[1] > 0 then
+    local key = prefix .. 'rate:' .. platform
     if slot ~= '' then
       local left = tonumber(slot) - now
       if left > 0 then return 'rate', left, slot end
     else
-      -- Generic cell rate algorithm: reserve the next free slot (tat: theoretical
-      -- arrival time); up to the burst tolerance of it may be taken ahead.
-      local key = prefix .. 'rate:' .. platform
-      local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
-      local at = tat - limit[2]
-      redis.call('SET', key, string.format('%.3f', tat + limit[1]), 'PX',
-                 math.ceil(tat + limit[1] - now) + 1000)
+      -- Reserve the next free slot: so occurrences over the rate come back in the order
+      -- they were claimed. A generic cell rate algorithm (tat: the theoretical arrival
+      -- time of the next one); up to the burst tolerance of it may be taken ahead.
+      local at = gcra(key, limit, now)
+      slot = string.format('%d', math.floor(at))
       if at > now then return 'rate', at - now, string.format('%d', math.ceil(at)) end
     end
+    -- Admit: the same algorithm over the claims that actually go, so occurrences that
+    -- come back late (a busy worker) cannot bunch up above the rate.
+    local at = gcra(key .. ':admitted', limit, now, true)
+    if at > now then return 'rate', at - now, slot end
   end
   return nil
 end
