@@ -30,8 +30,8 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.occurrences import Delivery
 from support.recording_runner import MemoryRunner
 
-FULL = {"n": 10_000, "batch": 200, "rounds": 5, "burst": 10_000, "limit": 2_000}
-QUICK = {"n": 1_000, "batch": 200, "rounds": 1, "burst": 1_000, "limit": 200}
+FULL = {"n": 10_000, "batch": 200, "rounds": 5, "burst": 10_000, "limit": 2_000, "paced": 200}
+QUICK = {"n": 1_000, "batch": 200, "rounds": 1, "burst": 1_000, "limit": 200, "paced": 50}
 #: Limits on other platforms than the one measured.
 ELSEWHERE = {
     "rate_limits": "discord=50/s,telegram=20/m:5,slack=1/s",
@@ -96,9 +96,11 @@ def burst(n: int, label: str, settings: dict[str, Any]) -> dict[str, Any]:
         at = datetime.fromtimestamp(t, UTC)
         start = time.time()
         scheduled_prompts.schedule_many(
-            [{"prompt": f"burst {i}", "user_id": f"u{i % 100}", "platform": "bench", "at": at}
-             for i in range(n)]
-        )  # fmt: skip
+            [
+                {"prompt": f"burst {i}", "user_id": f"u{i % 100}", "platform": "bench", "at": at}
+                for i in range(n)
+            ]
+        )
         end = time.time()
         sleep_until(t)
         tail = RecordTail(c.records, b'"start"')
@@ -131,31 +133,31 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
-    n, limit = sizes["burst"], sizes["limit"]
+    n, limit, paced = sizes["burst"], sizes["limit"], sizes["paced"]
     bursts = []
-    for label, settings in (
-        ("no limits", {}),
-        ("limits on other platforms", ELSEWHERE),
-        (f"this platform limited to {limit:,}/s", {"rate_limits": f"bench={limit}/s"}),
+    for size, label, settings in (
+        (n, "no limits", {}),
+        (n, "limits on other platforms", ELSEWHERE),
+        (n, f"this platform limited to {limit:,}/s", {"rate_limits": f"bench={limit}/s"}),
+        (paced * 10, f"this platform limited to {paced:,}/s", {"rate_limits": f"bench={paced}/s"}),
     ):
-        progress(f"burst of {n:,}: {label}")
-        bursts.append(burst(n, label, settings))
+        progress(f"burst of {size:,}: {label}")
+        bursts.append(burst(size, label, settings))
+    columns = ["variant", "n", "delivered", "first_s", "last_s", "busiest_second", "duplicates"]
     print()
     print(
         table(
-            f"Burst: {n:,} due at the same second, one worker (--concurrency=2)",
-            ["configuration", "delivered", "first s", "last s", "busiest second", "duplicates"],
+            "Burst: N due at the same second, one worker (--concurrency=2)",
             [
-                [
-                    b["variant"],
-                    b["delivered"],
-                    b["first_s"],
-                    b["last_s"],
-                    b["busiest_second"],
-                    b["duplicates"],
-                ]
-                for b in bursts
+                "configuration",
+                "N",
+                "delivered",
+                "first s",
+                "last s",
+                "busiest second",
+                "duplicates",
             ],
+            [[b[c] for c in columns] for b in bursts],
         )
     )
     name = "limits-quick" if args.quick else "limits"
