@@ -92,11 +92,14 @@ def schedule_prompt(
     misfire_grace_seconds: float | None = None,
     metadata: Mapping[str, Any] | None = None,
     prompt_id: str | None = None,
+    jitter_seconds: float | None = None,
 ) -> Plan[ScheduledPrompt]:
     """Store a prompt to fire once (``at=`` or ``delay=``) or on a ``cron=`` schedule.
 
     ``prompt_id`` makes the call idempotent: repeating it with the same arguments returns
     the stored prompt unchanged; different arguments raise ``ConflictingPrompt``.
+    ``jitter_seconds=J`` makes every occurrence fire a fixed offset in [0, J) after its
+    time, derived from the prompt's id (spreads a herd; ``next_run_at`` shows it).
     """
     spec = {
         "prompt": prompt,
@@ -113,6 +116,7 @@ def schedule_prompt(
         "misfire_grace_seconds": misfire_grace_seconds,
         "metadata": metadata,
         "prompt_id": prompt_id,
+        "jitter_seconds": jitter_seconds,
     }
     return verbs.create(scope(), spec, utcnow())
 

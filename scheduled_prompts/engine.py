@@ -278,15 +278,21 @@ def _run_one(
     at that time (waiting for a limit does not make an occurrence missed)."""
     record, delivery = claimed.record, claimed.delivery
     kind = "trigger" if delivery.trigger else record.kind.value
-    occurrence = from_ms(delivery.occurrence_ms)
+    # The nominal time (the key's and the payload's "occurrence"); with jitter, the
+    # occurrence fires ``offset`` later, and the due index holds that instant.
+    offset = timedelta(0) if delivery.trigger else record.offset
+    occurrence = from_ms(delivery.occurrence_ms) - offset
     if coalesced_ms is not None:
         occurrence = from_ms(coalesced_ms)
     elif not delivery.trigger and record.kind is Kind.CRON:
-        occurrence = _latest_missed(record, occurrence, now)
+        occurrence = _latest_missed(record, occurrence, now - offset)
+    fire = occurrence + offset
     # A one-time prompt's lateness counts from its own time, even when resumed late.
-    reference = record.schedule_time if record.kind is Kind.ONCE and not delivery.trigger else None
+    reference = fire
+    if record.kind is Kind.ONCE and not delivery.trigger and record.schedule_time is not None:
+        reference = record.schedule_time + offset
     seen = now if limited_since_ms is None else min(now, from_ms(limited_since_ms))
-    late = seen - (reference or occurrence)
+    late = seen - reference
     grace = record.misfire_grace_seconds
     # Only a first attempt can be a misfire: a retry is late because the runner failed.
     if attempt == 1 and not delivery.trigger and grace is not None and late.total_seconds() > grace:
@@ -310,7 +316,7 @@ def _run_one(
         claims.release(delivery, None)
         return Result(Outcome.NO_RUNNER, error=str(exc))
     key = delivery.key if delivery.trigger else f"{record.id}:{to_ms(occurrence)}"
-    payload = build_payload(record, key, occurrence, now, attempt)
+    payload = build_payload(record, key, occurrence, now, attempt, fire_at=fire)
     started = time.monotonic()
 
     def observed(outcome: str, late: bool, error: str | None = None) -> Observation:
@@ -318,7 +324,7 @@ def _run_one(
             outcome,
             record.platform,
             kind,
-            lateness=(now - occurrence).total_seconds() if late else None,
+            lateness=(now - fire).total_seconds() if late else None,
             runner_seconds=time.monotonic() - started,
             error=error,
             **_about(record, delivery, occurrence),
@@ -374,16 +380,26 @@ def _finisher(
 
 
 def build_payload(
-    record: ScheduledPrompt, key: str, occurrence: datetime, now: datetime, attempt: int
+    record: ScheduledPrompt,
+    key: str,
+    occurrence: datetime,
+    now: datetime,
+    attempt: int,
+    *,
+    fire_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The runner payload (JSON-safe): what a runner receives for one occurrence."""
+    """The runner payload (JSON-safe): what a runner receives for one occurrence.
+    ``occurrence`` is its nominal time, ``fire_at`` when it was to fire (later by the
+    prompt's jitter; the same without), which lateness counts from."""
+    fire_at = occurrence if fire_at is None else fire_at
     return {
         "type": "scheduled_prompt",
         "prompt_id": record.id,
         "idempotency_key": key,
         "occurrence": to_iso(occurrence),
+        "fire_at": to_iso(fire_at),
         "fired_at": to_iso(now),
-        "lateness_seconds": round((now - occurrence).total_seconds(), 3),
+        "lateness_seconds": round((now - fire_at).total_seconds(), 3),
         "attempt": attempt,
         "run_number": record.run_count + 1,
         "kind": record.kind.value,
@@ -458,9 +474,9 @@ def _finish(
         # The first occurrence after both: asked from the occurrence first (the same
         # question for every prompt of this schedule firing now, so it is remembered).
         following = next_cron_run(schedule, occurrence, end_at=record.end_at)
-        if following is not None and following <= now:
-            following = next_cron_run(schedule, now, end_at=record.end_at)
+        if following is not None and following + record.offset <= now:
+            following = next_cron_run(schedule, now - record.offset, end_at=record.end_at)
     if following is None:
         changes["status"] = Status.EXECUTED
-    changes["next_run_at"] = following
+    changes["next_run_at"] = None if following is None else following + record.offset
     return record.replace(**changes)

@@ -7,14 +7,18 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from ._time import EPOCH, ONE_MS, from_iso, from_ms, to_iso
+from .schedules import jitter_offset
 
-#: Version of the stored JSON layout; a record with another version is refused on load.
-SCHEMA_VERSION = 1
+#: Version of the stored JSON layout written; a record of another version than
+#: :data:`READABLE_SCHEMAS` is refused on load. 2 added ``jitter_seconds`` (a version 1
+#: record is a version 2 record without it).
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 class Kind(StrEnum):
@@ -106,6 +110,9 @@ class ScheduledPrompt:
     version: int = 1
     #: Deliveries made by ``trigger_prompt``: counted in ``run_count``, not in ``max_runs``.
     trigger_count: int = 0
+    #: Every occurrence fires a fixed offset after its nominal time, in [0, this), derived
+    #: from the id (``schedules.jitter_offset``); ``next_run_at`` is the jittered instant.
+    jitter_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Kind):
@@ -147,6 +154,11 @@ class ScheduledPrompt:
     @property
     def is_live(self) -> bool:
         return self.status.is_live
+
+    @property
+    def offset(self) -> timedelta:
+        """How long after its nominal time each occurrence fires (0 without jitter)."""
+        return jitter_offset(self.id, self.jitter_seconds)
 
     def replace(self, **changes: Any) -> ScheduledPrompt:
         """A copy with ``changes`` applied (validated like a new record).
@@ -211,10 +223,10 @@ class ScheduledPrompt:
     def from_dict(cls, data: dict[str, Any]) -> ScheduledPrompt:
         """Inverse of :meth:`to_dict`; refuses another schema version."""
         version = data.get("schema")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS or isinstance(version, bool):
             raise RecordError(
-                f"record schema version {version!r} is not supported "
-                f"(this version of scheduled-prompts reads {SCHEMA_VERSION})"
+                f"record schema version {version!r} is not supported (this version of "
+                f"scheduled-prompts reads {', '.join(map(str, READABLE_SCHEMAS))})"
             )
         values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         for name in _DATETIME_FIELDS:

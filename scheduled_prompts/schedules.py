@@ -16,6 +16,7 @@ All results are aware UTC datetimes; arithmetic happens in UTC.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -299,19 +300,88 @@ def _next_after(schedule: CronSchedule, after: datetime) -> datetime | None:
     return schedule.next_after(after)
 
 
+#: The longest jitter a one-time prompt takes (a cron prompt's is below its interval).
+MAX_ONCE_JITTER_SECONDS = 86_400.0
+#: Fire times looked at to find a cron schedule's shortest interval.
+_GAP_SAMPLES = 500
+
+
+def jitter_offset(prompt_id: str, jitter_seconds: float | None) -> timedelta:
+    """The prompt's fixed offset in [0, ``jitter_seconds``), whole milliseconds, derived
+    from its id: the same for every occurrence and every process, different across
+    prompts (SHA-256 of the id as a fraction)."""
+    if not jitter_seconds:
+        return timedelta(0)
+    fraction = int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big") / 2**64
+    return timedelta(milliseconds=math.floor(fraction * jitter_seconds * 1000))
+
+
+def shortest_interval(schedule: CronSchedule, after: datetime) -> timedelta | None:
+    """The shortest time between two fires of ``schedule`` over its next
+    :data:`_GAP_SAMPLES` (None when it fires at most once)."""
+    shortest: timedelta | None = None
+    previous: datetime | None = None
+    for n, instant in enumerate(schedule.iter_after(after)):
+        if previous is not None and (shortest is None or instant - previous < shortest):
+            shortest = instant - previous
+        previous = instant
+        if n >= _GAP_SAMPLES:
+            break
+    return shortest
+
+
+def check_jitter(
+    jitter_seconds: object, schedule: CronSchedule | None, now: datetime
+) -> float | None:
+    """``jitter_seconds`` if it is a number of seconds the schedule can take: > 0, and
+    below a cron schedule's shortest interval (or :data:`MAX_ONCE_JITTER_SECONDS` for a
+    one-time prompt) so that occurrences keep their order; None stays None."""
+    if jitter_seconds is None:
+        return None
+    if (
+        isinstance(jitter_seconds, bool)
+        or not isinstance(jitter_seconds, int | float)
+        or not math.isfinite(jitter_seconds)
+        or jitter_seconds <= 0
+    ):
+        raise InvalidSchedule(
+            f"jitter_seconds must be a number of seconds > 0 (or None), got {jitter_seconds!r}"
+        )
+    if schedule is None:
+        if jitter_seconds > MAX_ONCE_JITTER_SECONDS:
+            raise InvalidSchedule(
+                f"jitter_seconds of a one-time prompt is at most {MAX_ONCE_JITTER_SECONDS:g} "
+                f"(a day), got {jitter_seconds:g}"
+            )
+        return float(jitter_seconds)
+    gap = shortest_interval(schedule, now)
+    if gap is not None and jitter_seconds >= gap.total_seconds():
+        raise InvalidSchedule(
+            f"jitter_seconds must be below the cron schedule's shortest interval "
+            f"({gap.total_seconds():g} s for {schedule.expression!r}), got {jitter_seconds:g}"
+        )
+    return float(jitter_seconds)
+
+
 def preview_schedule(
     cron: str,
     timezone: str = "UTC",
     *,
     start: datetime | None = None,
     count: int = 5,
+    jitter_seconds: float | None = None,
+    prompt_id: str | None = None,
 ) -> list[datetime]:
     """The next ``count`` fire instants of ``cron`` in ``timezone`` strictly after ``start``.
 
     ``start`` defaults to now; a naive ``start`` is read as a wall time in ``timezone``.
-    Results are aware UTC datetimes.
+    Results are aware UTC datetimes. With ``jitter_seconds`` and the prompt's id, each
+    instant is the jittered one the prompt fires at (its nominal time plus the prompt's
+    offset, see :func:`jitter_offset`).
     """
     schedule = parse_cron(cron, timezone)
+    if (jitter_seconds is None) != (prompt_id is None):
+        raise InvalidSchedule("give jitter_seconds and prompt_id together (or neither)")
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 10_000:
         raise InvalidSchedule(f"count must be an integer from 0 to 10000, got {count!r}")
     if start is None:
@@ -320,11 +390,15 @@ def preview_schedule(
         raise InvalidSchedule(f"start must be a datetime, got {type(start).__name__}")
     elif start.utcoffset() is None:
         start = localize(start, schedule.zone)
+    shift = timedelta(0)
+    if prompt_id is not None:
+        check_jitter(jitter_seconds, schedule, start.astimezone(UTC))
+        shift = jitter_offset(prompt_id, jitter_seconds)
     out: list[datetime] = []
-    for instant in schedule.iter_after(start):
+    for instant in schedule.iter_after(start - shift):
         if len(out) == count:
             break
-        out.append(instant)
+        out.append(instant + shift)
     return out
 
 

@@ -379,7 +379,8 @@ CLAIM = Script(
 -- the trigger was not delivered before - and while its platform is within its limits
 -- (``limits.py``: on Redis's clock, so one clock for every worker).
 -- KEYS: inflight, metrics, then per occurrence: record, lease, done.
--- ARGV: token, lease ms, re-drive deadline ms, the schema version this code reads,
+-- ARGV: token, lease ms, re-drive deadline ms, the newest schema version this code reads
+--       (it reads every version from 1 to it),
 --       platform limits (JSON {platform: [interval ms, burst tolerance ms, concurrency]},
 --       '' = none), key prefix, then per occurrence: expected next_run_at epoch ms (''
 --       for a trigger), idempotency key, the rate slot it holds (ms, '' = none).
@@ -464,7 +465,7 @@ local function claim(rkey, lkey, dkey, expected, key, slot)
   if redis.call('EXISTS', dkey) == 1 then
     drop(key, 'redelivered', rec.platform); return 'done', ''
   end
-  if not ok or rec.schema ~= schema then
+  if not ok or type(rec.schema) ~= 'number' or rec.schema < 1 or rec.schema > schema then
     drop(key, 'skipped', rec.platform); return 'unreadable', ''
   end
   local live = rec.status == 'scheduled' or rec.status == 'active'

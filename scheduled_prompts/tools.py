@@ -122,6 +122,13 @@ def _schemas(settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
                         "minimum": 1,
                         "description": "With `cron`: stop after this many runs.",
                     },
+                    "jitter_seconds": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "description": "Optional: fire up to this many seconds after each "
+                        "scheduled time, always the same offset for this prompt (spreads "
+                        "load, e.g. 300 for a daily digest). Below the cron interval.",
+                    },
                 },
                 "required": ["prompt"],
                 "additionalProperties": False,
@@ -377,6 +384,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
         "channel_id": ctx.channel_id,
         "timezone": timezone,
         "metadata": {"source": "tool"},
+        "jitter_seconds": args.get("jitter_seconds"),
     }
     if "cron" in args:
         schedule = parse_cron(args["cron"], timezone)
@@ -514,6 +522,8 @@ def describe(record: ScheduledPrompt, ctx: ToolContext, now: datetime) -> dict[s
         out["next_run_utc"] = to_iso(record.next_run_at)
         out["next_run_local"] = record.next_run_at.astimezone(zone).isoformat(timespec="seconds")
         out["next_run"] = _human(record.next_run_at, zone, now)
+    if record.jitter_seconds is not None:
+        out["jitter_seconds"] = record.jitter_seconds
     if record.run_count:
         out["run_count"] = record.run_count
     return out

@@ -18,8 +18,10 @@ from .ids import new_prompt_ids
 from .models import Kind, ScheduledPrompt, Status, make_record
 from .schedules import (
     CronSchedule,
+    check_jitter,
     first_cron_run,
     get_zone,
+    jitter_offset,
     parse_cron,
     parse_instant,
     resolve_at,
@@ -44,6 +46,7 @@ SCHEDULE_ARGS = (
     "max_runs",
     "misfire_grace_seconds",
     "metadata",
+    "jitter_seconds",
     "prompt_id",
 )
 #: Keyword arguments ``update_prompt`` accepts: all but the identity of the prompt.
@@ -119,10 +122,12 @@ def check_record(record: ScheduledPrompt, settings: Settings) -> ScheduledPrompt
     check_text("platform", record.platform, limit=_MAX_NAME_CHARS)
     check_text("channel_id", record.channel_id, limit=_MAX_NAME_CHARS, optional=True)
     check_metadata(record.metadata, settings)
+    schedule = None
     if record.cron_expression is not None:
-        parse_cron(record.cron_expression, record.timezone)
+        schedule = parse_cron(record.cron_expression, record.timezone)
     else:
         get_zone(record.timezone)
+    check_jitter(record.jitter_seconds, schedule, record.updated_at)
     return record
 
 
@@ -244,6 +249,7 @@ def build_prompt(
     now: datetime,
     settings: Settings,
     fresh_id: str | None = None,
+    jitter_seconds: object = None,
 ) -> ScheduledPrompt:
     """Validate a create request and return the new record (version 1).
 
@@ -257,7 +263,9 @@ def build_prompt(
     grace = check_grace(misfire_grace_seconds)
     meta = check_metadata(metadata, settings)
     resolved = resolve_schedule(schedule, now)
+    jitter = check_jitter(jitter_seconds, resolved.cron, now)
     assert text is not None and owner is not None and where is not None
+    assert resolved.next_run_at is not None
     return make_record(
         {
             "id": pid,
@@ -272,12 +280,13 @@ def build_prompt(
             "schedule_time": resolved.schedule_time,
             "cron_expression": resolved.cron.expression if resolved.cron else None,
             "timezone": resolved.timezone,
-            "next_run_at": resolved.next_run_at,
+            "next_run_at": resolved.next_run_at + jitter_offset(pid, jitter),
             "max_runs": resolved.max_runs,
             "start_at": resolved.start_at,
             "end_at": resolved.end_at,
             "misfire_grace_seconds": grace,
             "metadata": meta,
+            "jitter_seconds": jitter,
         }
     )
 
@@ -288,11 +297,18 @@ def same_request(existing: ScheduledPrompt, new: ScheduledPrompt, req: ScheduleR
     Compared: prompt, owner, platform, channel and kind, plus ``at``/``cron``/``timezone``
     where the request gave them; ``delay`` always matches (it is relative to the call).
     """
-    if (existing.prompt, existing.user_id, existing.platform, existing.channel_id) != (
+    if (
+        existing.prompt,
+        existing.user_id,
+        existing.platform,
+        existing.channel_id,
+        existing.jitter_seconds,
+    ) != (
         new.prompt,
         new.user_id,
         new.platform,
         new.channel_id,
+        new.jitter_seconds,
     ) or existing.kind is not new.kind:
         return False
     if req.at is not None and existing.schedule_time != new.schedule_time:
@@ -326,6 +342,9 @@ def apply_update(
     schedule_keys = {"at", "delay", "cron", "timezone", "start_at", "end_at", "max_runs"}
     if schedule_keys & set(changes):
         new.update(_reschedule(record, changes, now))
+    if schedule_keys & set(changes) or "jitter_seconds" in changes:
+        jitter = changes.get("jitter_seconds", record.jitter_seconds)
+        new.update(_rejitter(record, new, jitter, now))
     new = {k: v for k, v in new.items() if getattr(record, k) != v}
     if not new:
         return record
@@ -367,6 +386,24 @@ def _reschedule(
     }
 
 
+def _rejitter(
+    record: ScheduledPrompt, new: Mapping[str, Any], jitter_seconds: object, now: datetime
+) -> dict[str, Any]:
+    """The jitter (checked against the schedule the record will have) and the next run
+    it gives: a rescheduled nominal time, or the current one, plus the prompt's offset."""
+    expression = new.get("cron_expression", record.cron_expression)
+    kind = new.get("kind", record.kind)
+    zone = new.get("timezone", record.timezone)
+    schedule = parse_cron(expression, zone) if kind is Kind.CRON and expression else None
+    jitter = check_jitter(jitter_seconds, schedule, now)
+    if "next_run_at" in new:
+        nominal = new["next_run_at"]
+    else:
+        nominal = None if record.next_run_at is None else record.next_run_at - record.offset
+    fire = None if nominal is None else nominal + jitter_offset(record.id, jitter)
+    return {"jitter_seconds": jitter, "next_run_at": fire}
+
+
 _SPEC_KEYS = frozenset({"prompt", *SCHEDULE_ARGS})
 
 
@@ -397,5 +434,6 @@ def build_from_spec(
         now=now,
         settings=settings,
         fresh_id=fresh_id,
+        jitter_seconds=spec.get("jitter_seconds"),
     )
     return record, req

@@ -363,7 +363,7 @@ def resume(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Pl
         if record.kind is Kind.ONCE:
             assert record.schedule_time is not None
             # A time that passed while paused fires now (the engine applies the grace).
-            when = max(record.schedule_time, now)
+            when = max(record.schedule_time + record.offset, now)
             return record.replace(status=Status.SCHEDULED, next_run_at=when, **bump)
         assert record.cron_expression is not None
         schedule = parse_cron(record.cron_expression, record.timezone)
@@ -371,7 +371,7 @@ def resume(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Pl
         first = first_cron_run(schedule, now, start_at=record.start_at, end_at=record.end_at)
         if first is None:
             return record.replace(status=Status.EXECUTED, next_run_at=None, **bump)
-        return record.replace(status=Status.ACTIVE, next_run_at=first, **bump)
+        return record.replace(status=Status.ACTIVE, next_run_at=first + record.offset, **bump)
 
     return (yield from _mutate(ctx, prompt_id, user_id, change))
 

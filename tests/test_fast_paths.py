@@ -17,7 +17,7 @@ import scheduled_prompts as sp
 from scheduled_prompts import ids, store
 from scheduled_prompts.connection import get_redis
 from scheduled_prompts.keys import Keys
-from scheduled_prompts.models import _COMPACT, ScheduledPrompt
+from scheduled_prompts.models import _COMPACT, SCHEMA_VERSION, ScheduledPrompt
 
 K = Keys("sp")
 _STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -46,7 +46,7 @@ def test_bulk_ids_are_unique_and_sort_in_creation_order() -> None:
 
 def as_dict_json(record: ScheduledPrompt) -> str:
     """The stored form by its definition: the non-default fields as one compact object."""
-    data: dict[str, Any] = {"schema": 1}
+    data: dict[str, Any] = {"schema": SCHEMA_VERSION}
     for name, field_value in record.__dict__.items():
         value = field_value
         if value is None or value == {"timezone": "UTC", "metadata": {}}.get(name, object()):

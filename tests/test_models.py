@@ -44,7 +44,7 @@ SPEC_FIELDS = [
     "version",
 ]
 # Fields beyond SPEC §2 (documented in docs/design.md).
-EXTRA_FIELDS = ["trigger_count"]
+EXTRA_FIELDS = ["trigger_count", "jitter_seconds"]
 
 DATETIME_FIELDS = [
     "schedule_time",
@@ -374,10 +374,10 @@ def test_to_json_writes_unicode_as_is_not_escaped() -> None:
 
 
 @pytest.mark.parametrize("make", [once, cron], ids=["once", "cron"])
-def test_to_dict_is_json_safe_and_carries_schema_1(make: Any) -> None:
+def test_to_dict_is_json_safe_and_carries_schema_2(make: Any) -> None:
     prompt = make()
     data = prompt.to_dict()
-    assert data["schema"] == 1
+    assert data["schema"] == 2
     assert json.loads(json.dumps(data)) == data
     assert set(data) == set(SPEC_FIELDS + EXTRA_FIELDS) | {"schema"}
     assert type(data["kind"]) is str
@@ -390,11 +390,19 @@ def test_from_dict_inverts_to_dict() -> None:
     assert ScheduledPrompt.from_dict(prompt.to_dict()) == prompt
 
 
-def test_from_json_refuses_schema_2_and_names_the_version() -> None:
+def test_from_json_refuses_schema_3_and_names_the_version() -> None:
     data = json.loads(once().to_json())
-    data["schema"] = 2
-    with pytest.raises(RecordError, match=r"schema version 2\b"):
+    data["schema"] = 3
+    with pytest.raises(RecordError, match=r"schema version 3 is not supported .* reads 1, 2"):
         ScheduledPrompt.from_json(json.dumps(data))
+
+
+def test_a_schema_1_record_still_loads_as_one_without_jitter() -> None:
+    data = json.loads(once().to_json())
+    data["schema"] = 1
+    loaded = ScheduledPrompt.from_json(json.dumps(data))
+    assert loaded == once() and loaded.jitter_seconds is None
+    assert json.loads(loaded.to_json())["schema"] == 2  # written back as version 2
 
 
 def test_from_json_refuses_a_record_without_schema() -> None:
@@ -519,5 +527,5 @@ def test_any_record_round_trips_through_json(prompt: ScheduledPrompt) -> None:
 @given(records())
 def test_any_record_to_dict_is_json_safe(prompt: ScheduledPrompt) -> None:
     data = prompt.to_dict()
-    assert data["schema"] == 1
+    assert data["schema"] == 2
     assert ScheduledPrompt.from_dict(json.loads(json.dumps(data))) == prompt

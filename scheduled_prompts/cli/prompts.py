@@ -47,6 +47,13 @@ commands = Commands()
     metavar="SECONDS",
     help="Skip (record as missed) an occurrence later than this.",
 )
+@click.option(
+    "--jitter",
+    "jitter_seconds",
+    type=float,
+    metavar="SECONDS",
+    help="Fire each occurrence a fixed offset (from the id) in [0, SECONDS) after its time.",
+)
 @click.option("--metadata", metavar="JSON", help="A JSON object stored with the prompt.")
 @click.option("--id", "prompt_id", help="Your own id: makes the command idempotent.")
 @json_option
