@@ -153,7 +153,7 @@ def test_the_broker_follows_a_sentinel_store_through_kombus_sentinel_transport()
     assert options["master_name"] == "main"
     assert options["sentinel_kwargs"] == {"password": "s-pw"}
     assert options["visibility_timeout"] == settings.visibility_timeout
-    assert "broker_use_ssl" not in config
+    assert config["broker_use_ssl"] is False  # set, so new settings replace TLS
     tls = broker_config(
         settings_from_env({"SCHEDULED_PROMPTS_REDIS_URL": "rediss+sentinel://h1/main"})
     )
