@@ -53,7 +53,8 @@ class RecordError(ValueError):
     """A stored record could not be read (corrupt JSON or another schema version)."""
 
 
-_DATETIME_FIELDS = (
+#: The fields holding an instant (stored as epoch ms, shown as ISO-8601).
+DATETIME_FIELDS = (
     "schedule_time",
     "created_at",
     "updated_at",
@@ -123,7 +124,7 @@ class ScheduledPrompt:
         meta = copy.deepcopy(self.metadata) if self.metadata else {}
         object.__setattr__(self, "metadata", meta)
         fields = self.__dict__
-        for name in _DATETIME_FIELDS:
+        for name in DATETIME_FIELDS:
             value = fields[name]
             if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
                 continue  # the common case, checked cheaply: every record read runs this
@@ -229,7 +230,7 @@ class ScheduledPrompt:
                 f"scheduled-prompts reads {', '.join(map(str, READABLE_SCHEMAS))})"
             )
         values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
-        for name in _DATETIME_FIELDS:
+        for name in DATETIME_FIELDS:
             value = values.get(name)
             if isinstance(value, str):
                 values[name] = from_iso(value)
@@ -264,7 +265,7 @@ _NO_DEFAULT = object()  # equal to nothing stored: the field is always written
 _STORED = tuple(
     (
         name,
-        _INSTANT if name in _DATETIME_FIELDS else _ENUM if name in ("kind", "status") else _PLAIN,
+        _INSTANT if name in DATETIME_FIELDS else _ENUM if name in ("kind", "status") else _PLAIN,
         _DEFAULTS.get(name, _NO_DEFAULT),
         _string(name) + ":",
     )

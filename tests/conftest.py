@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, settings
 
 import scheduled_prompts
 from scheduled_prompts.connection import get_redis
+from support.recording_runner import MemoryRunner
 from support.redis_server import RedisServer
 
 # No wall-clock limits in property tests: the suite must pass on a loaded machine, where
@@ -45,3 +46,13 @@ def r(redis_url: str) -> redis.Redis:
 
 def key_count(client: redis.Redis) -> int:
     return int(client.dbsize())
+
+
+@pytest.fixture
+def memory_runner(redis_url: str) -> Iterator[MemoryRunner]:
+    """An in-process runner installed for every platform (its calls kept), on the emptied
+    test server."""
+    runner = MemoryRunner()
+    scheduled_prompts.set_bot_runner(runner)
+    yield runner
+    scheduled_prompts.set_bot_runner(None)

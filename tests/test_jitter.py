@@ -23,14 +23,6 @@ from support.recording_runner import MemoryRunner
 DAILY = "0 9 * * *"
 
 
-@pytest.fixture
-def runner(redis_url: str) -> Any:
-    r = MemoryRunner()
-    sp.set_bot_runner(r)
-    yield r
-    sp.set_bot_runner(None)
-
-
 def test_the_offset_is_fixed_per_id_within_the_range_and_spread_across_ids() -> None:
     assert jitter_offset("01abc", 600) == jitter_offset("01abc", 600)
     assert jitter_offset("01abc", None) == timedelta(0)
@@ -41,7 +33,7 @@ def test_the_offset_is_fixed_per_id_within_the_range_and_spread_across_ids() -> 
 
 
 def test_a_cron_prompt_fires_its_offset_after_each_nominal_time(
-    r: redis.Redis, runner: MemoryRunner
+    r: redis.Redis, memory_runner: MemoryRunner
 ) -> None:
     p = sp.schedule_prompt("digest", user_id="u", platform="tg", cron=DAILY, jitter_seconds=1800)
     offset = jitter_offset(p.id, 1800)
@@ -55,7 +47,7 @@ def test_a_cron_prompt_fires_its_offset_after_each_nominal_time(
     fire = nominal[0] + offset
     result = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(fire)), now=fire)
     assert result.outcome.value == "delivered"
-    (payload,) = runner.calls
+    (payload,) = memory_runner.calls
     # The key and the occurrence keep the nominal time; fire_at and lateness the real one.
     assert payload["idempotency_key"] == f"{p.id}:{to_ms(nominal[0])}"
     assert from_iso(payload["occurrence"]) == nominal[0]
@@ -66,7 +58,7 @@ def test_a_cron_prompt_fires_its_offset_after_each_nominal_time(
 
 
 def test_a_one_time_prompt_fires_its_offset_after_its_time(
-    r: redis.Redis, runner: MemoryRunner
+    r: redis.Redis, memory_runner: MemoryRunner
 ) -> None:
     at = utcnow().replace(microsecond=0) + timedelta(hours=2)
     p = sp.schedule_prompt("once", user_id="u", platform="tg", at=at, jitter_seconds=120)
@@ -74,7 +66,7 @@ def test_a_one_time_prompt_fires_its_offset_after_its_time(
     assert p.schedule_time == at and p.next_run_at == at + offset
     late = at + offset + timedelta(seconds=2)
     engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(at + offset)), now=late)
-    (payload,) = runner.calls
+    (payload,) = memory_runner.calls
     assert payload["idempotency_key"] == f"{p.id}:{to_ms(at)}"
     assert payload["lateness_seconds"] == 2  # from when it was to fire
 
@@ -161,7 +153,7 @@ def test_the_tool_and_the_cli_take_jitter(
 
 
 def test_a_schema_1_record_in_the_store_is_still_delivered(
-    r: redis.Redis, runner: MemoryRunner
+    r: redis.Redis, memory_runner: MemoryRunner
 ) -> None:
     at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     p = sp.schedule_prompt("old", user_id="u", platform="tg", at=at)
@@ -170,4 +162,11 @@ def test_a_schema_1_record_in_the_store_is_still_delivered(
     data["schema"] = 1  # as written before jitter existed
     r.set(key, json.dumps(data, separators=(",", ":")))
     result = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(at)), now=at)
-    assert result.outcome.value == "delivered" and len(runner.calls) == 1
+    assert result.outcome.value == "delivered" and len(memory_runner.calls) == 1
+
+
+def test_the_console_lists_the_jittered_fire_times(r: redis.Redis) -> None:
+    from scheduled_prompts.console.timing import next_fires
+
+    p = sp.schedule_prompt("d", user_id="u", platform="tg", cron=DAILY, jitter_seconds=1800)
+    assert next_fires(p, 3) == preview_schedule(DAILY, count=3, jitter_seconds=1800, prompt_id=p.id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -21,14 +20,6 @@ from scheduled_prompts.occurrences import Delivery
 from scheduled_prompts.outcomes import Outcome
 from scheduled_prompts.settings import settings_from_env
 from support.recording_runner import MemoryRunner
-
-
-@pytest.fixture
-def runner(redis_url: str) -> Any:
-    r = MemoryRunner()
-    sp.set_bot_runner(r)
-    yield r
-    sp.set_bot_runner(None)
 
 
 def limited(redis_url: str, rates: str | None = None, concurrency: str | None = None) -> None:
@@ -95,7 +86,7 @@ def test_malformed_limits_fail_at_start_naming_the_setting_and_the_form(
 
 
 def test_over_the_rate_occurrences_wait_in_order_and_other_platforms_go_on(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=5/s")
     slow = due_together(6, "discord")
@@ -115,7 +106,7 @@ def test_over_the_rate_occurrences_wait_in_order_and_other_platforms_go_on(
     waits = [r.retry_in for r in waiting]
     assert waits == sorted(waits) and 0 < waits[0] <= 0.201
     # Waiting is neither a failure nor a delivery, and the record is untouched.
-    assert [c["prompt_id"] for c in runner.calls].count(slow[1].prompt_id) == 0
+    assert [c["prompt_id"] for c in memory_runner.calls].count(slow[1].prompt_id) == 0
     record = sp.get_prompt(slow[1].prompt_id)
     assert record is not None and record.status is sp.Status.SCHEDULED
     assert record.failure_count == 0 and record.last_error is None
@@ -132,7 +123,7 @@ def test_over_the_rate_occurrences_wait_in_order_and_other_platforms_go_on(
 
 
 def test_an_occurrence_comes_back_with_its_slot_and_takes_no_other(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=1/m")
     first, second = due_together(2, "discord")
@@ -152,11 +143,11 @@ def test_an_occurrence_comes_back_with_its_slot_and_takes_no_other(
     done = engine.deliver(client, scope(), second, slot_ms=held.slot_ms - 60_000)
     assert done.outcome is Outcome.DELIVERED
     assert client.get(keys.rate("discord")) == tat
-    assert len(runner.calls) == 2
+    assert len(memory_runner.calls) == 2
 
 
 def test_a_burst_goes_at_once_then_the_rate_spaces_the_rest(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=5/s:3")
     results = engine.deliver_many(get_redis(), scope(), due_together(6, "discord"))
@@ -166,7 +157,7 @@ def test_a_burst_goes_at_once_then_the_rate_spaces_the_rest(
 
 
 def test_waiting_pushes_back_the_redrive_deadline_and_is_not_a_misfire(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=1/h")
     at = utcnow() + timedelta(hours=1)
@@ -191,12 +182,12 @@ def test_waiting_pushes_back_the_redrive_deadline_and_is_not_a_misfire(
         limited_since_ms=held.limited_since_ms,
     )  # fmt: skip
     assert done.outcome is Outcome.DELIVERED
-    payload = runner.calls[-1]
+    payload = memory_runner.calls[-1]
     assert payload["lateness_seconds"] == pytest.approx(3600)
 
 
 def test_occurrences_that_come_back_late_together_are_still_spaced_by_the_rate(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=1/m")
     client = get_redis()
@@ -217,11 +208,11 @@ def test_occurrences_that_come_back_late_together_are_still_spaced_by_the_rate(
 
 
 def test_a_platform_without_limits_never_touches_a_limit_key(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, rates="discord=1/s", concurrency="discord=1")
     engine.deliver_many(get_redis(), scope(), due_together(5, "telegram"))
-    assert len(runner.calls) == 5
+    assert len(memory_runner.calls) == 5
     assert not list(get_redis().scan_iter(match="sp:rate:*"))
     assert not list(get_redis().scan_iter(match="sp:running:*"))
 
@@ -230,7 +221,7 @@ def test_a_platform_without_limits_never_touches_a_limit_key(
 
 
 def test_at_most_n_leases_at_once_and_a_commit_frees_a_slot(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, concurrency="discord=2")
     client, ctx = get_redis(), scope()
@@ -252,7 +243,7 @@ def test_at_most_n_leases_at_once_and_a_commit_frees_a_slot(
 
 
 def test_a_deliverer_that_died_frees_its_slot_when_its_lease_expires(
-    redis_url: str, runner: MemoryRunner
+    redis_url: str, memory_runner: MemoryRunner
 ) -> None:
     limited(redis_url, concurrency="discord=1")
     client, ctx = get_redis(), scope()
@@ -264,4 +255,4 @@ def test_a_deliverer_that_died_frees_its_slot_when_its_lease_expires(
     while client.exists(ctx.keys.lease(dead.prompt_id)):
         pass
     assert engine.deliver(client, ctx, waiting).outcome is Outcome.DELIVERED
-    assert [c["prompt_id"] for c in runner.calls] == [waiting.prompt_id]
+    assert [c["prompt_id"] for c in memory_runner.calls] == [waiting.prompt_id]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -46,15 +45,9 @@ def deliver(prompt: sp.ScheduledPrompt) -> str:
     return engine.deliver(get_redis(), scope(), d, now=prompt.next_run_at).outcome.value
 
 
-@pytest.fixture
-def runner(redis_url: str) -> Any:
-    r = MemoryRunner()
-    sp.set_bot_runner(r)
-    yield r
-    sp.set_bot_runner(None)
-
-
-def test_every_write_keeps_the_counts_equal_to_the_records(r: redis.Redis, runner: Any) -> None:
+def test_every_write_keeps_the_counts_equal_to_the_records(
+    r: redis.Redis, memory_runner: MemoryRunner
+) -> None:
     a, b, c = once(), once(), once()
     cron = sp.schedule_prompt("daily", user_id="u", platform="discord", cron="0 9 * * *")
     later = utcnow() + timedelta(hours=2)

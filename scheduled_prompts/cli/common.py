@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import click
 
@@ -50,17 +48,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     for n, row in enumerate(cells):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         click.echo(click.style(line.rstrip(), bold=True) if n == 0 else line.rstrip())
-
-
-def utc(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def local(value: datetime | None, zone: str) -> str:
-    if value is None:
-        return "-"
-    here = value.astimezone(ZoneInfo(zone))
-    return here.strftime("%Y-%m-%d %H:%M:%S ") + (here.tzname() or zone)
 
 
 def schedule_text(p: ScheduledPrompt) -> str:

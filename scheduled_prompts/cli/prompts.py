@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import api
-from .._time import utcnow
+from .._time import local_text, utc_text, utcnow
 from ..models import ScheduledPrompt, Status
 from ..schedules import localize, parse_cron, preview_schedule
 from .common import (
@@ -18,11 +18,9 @@ from .common import (
     Commands,
     clip,
     json_option,
-    local,
     print_json,
     schedule_text,
     table,
-    utc,
 )
 
 commands = Commands()
@@ -106,8 +104,8 @@ def list_(
                 p.user_id,
                 p.platform,
                 schedule_text(p),
-                utc(p.next_run_at),
-                local(p.next_run_at, p.timezone),
+                utc_text(p.next_run_at),
+                local_text(p.next_run_at, p.timezone),
                 clip(p.prompt),
             ]
             for p in page.items
@@ -139,7 +137,7 @@ def show_record(record: ScheduledPrompt, as_json: bool) -> None:
         shown = value
         if isinstance(value, str) and name.endswith(("_at", "_time", "last_execution")):
             when = datetime.fromisoformat(value)
-            shown = f"{utc(when)}  |  {local(when, record.timezone)}"
+            shown = f"{utc_text(when)}  |  {local_text(when, record.timezone)}"
         elif isinstance(value, dict):
             shown = json.dumps(value, ensure_ascii=False)
         rows.append([name, shown])
@@ -156,7 +154,9 @@ def _change(name: str, verb: Callable[..., ScheduledPrompt], doc: str) -> None:
         if as_json:
             print_json(record.to_dict())
         else:
-            click.echo(f"{record.id}: {record.status.value}, next run {utc(record.next_run_at)}")
+            click.echo(
+                f"{record.id}: {record.status.value}, next run {utc_text(record.next_run_at)}"
+            )
 
 
 _change("cancel", api.cancel_prompt, "Cancel a prompt for good.")
@@ -217,7 +217,11 @@ def preview(cron: str, timezone: str, count: int, start: str | None, as_json: bo
     table(
         ["UTC", f"LOCAL ({schedule.timezone})", ""],
         [
-            [utc(f), local(f, schedule.timezone), f"DST {r['dst_shift']}" if r["dst_shift"] else ""]
+            [
+                utc_text(f),
+                local_text(f, schedule.timezone),
+                f"DST {r['dst_shift']}" if r["dst_shift"] else "",
+            ]
             for f, r in zip(fires, rows, strict=True)
         ],
     )

@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse
 from .. import history, metrics, operations, verbs
 from .._time import utcnow
 from ..errors import InvalidSchedule
-from ..models import ScheduledPrompt, Status
+from ..models import DATETIME_FIELDS, ScheduledPrompt, Status
 from . import load as upcoming
 from .site import Site
 from .timing import instant, local_text, next_fires, seconds_text, utc_text
@@ -179,7 +179,7 @@ def _fields(p: ScheduledPrompt) -> list[tuple[str, str]]:
             continue
         if value is None:
             text = "—"
-        elif name in _TIMES:
+        elif name in DATETIME_FIELDS:
             when = getattr(p, name)
             text = utc_text(when)
             if p.timezone != "UTC":
@@ -188,17 +188,6 @@ def _fields(p: ScheduledPrompt) -> list[tuple[str, str]]:
             text = str(value)
         shown.append((name, text))
     return shown
-
-
-_TIMES = {
-    "schedule_time",
-    "created_at",
-    "updated_at",
-    "next_run_at",
-    "last_execution",
-    "start_at",
-    "end_at",
-}
 
 
 def _actions(p: ScheduledPrompt) -> list[str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from .. import _time
 from ..models import Kind, ScheduledPrompt
-from ..schedules import get_zone, next_cron_run, parse_cron
+from ..schedules import next_cron_run, parse_cron
 
 #: Fire times listed on a prompt's page.
 NEXT_FIRES = 10
@@ -32,24 +33,23 @@ def next_fires(record: ScheduledPrompt, count: int = NEXT_FIRES) -> list[datetim
     assert record.cron_expression is not None
     schedule = parse_cron(record.cron_expression, record.timezone)
     left = count if record.max_runs is None else record.max_runs - record.scheduled_runs
+    # The schedule's instants are nominal; each fires the prompt's jitter offset later.
+    offset = record.offset
     fires = [record.next_run_at]
     while len(fires) < min(count, left):
-        following = next_cron_run(schedule, fires[-1], end_at=record.end_at)
+        following = next_cron_run(schedule, fires[-1] - offset, end_at=record.end_at)
         if following is None:
             break
-        fires.append(following)
+        fires.append(following + offset)
     return fires
 
 
 def utc_text(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return _time.utc_text(value, empty="—")
 
 
 def local_text(value: datetime | None, zone: str) -> str:
-    if value is None:
-        return "—"
-    here = value.astimezone(get_zone(zone))
-    return here.strftime("%Y-%m-%d %H:%M:%S ") + (here.tzname() or zone)
+    return _time.local_text(value, zone, empty="—")
 
 
 def instant(value: datetime, zone: str) -> Instant:
