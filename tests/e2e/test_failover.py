@@ -45,6 +45,10 @@ def test_worker_and_beat_follow_the_new_primary_and_deliver_every_prompt(
             ]
             keys = {f"{p.id}:{to_ms(p.next_run_at)}" for p in prompts}  # type: ignore[arg-type]
             cluster.wait_until(lambda: len(cluster.calls("end")) >= 3, 90, "first deliveries")
+            # Without MIN_REPLICAS nothing is promised for writes the replica has not got
+            # yet (docs/reliability.md): the prompts must have reached it before the kill.
+            with group.node_client(group.primary()) as primary:
+                assert primary.execute_command("WAIT", 1, 30_000) == 1
             old = group.primary_port()
             killed = group.kill_primary()
             group.wait_failover(old)
