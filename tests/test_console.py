@@ -281,6 +281,9 @@ def test_every_response_carries_the_security_headers(operator: TestClient) -> No
     ]
     with TestClient(create_app(Access(TOKEN)), follow_redirects=False) as visitor:
         responses += [visitor.get("/login"), visitor.get("/"), visitor.post("/actions/pause")]
+        icon = visitor.get("/favicon.ico")  # asked by browsers before login too: no 404
+        assert icon.status_code == 204 and not icon.content
+        responses.append(icon)
     for response in responses:
         for name, value in EXPECTED_HEADERS.items():
             assert response.headers.get(name) == value, (response.request.url, name)

@@ -69,6 +69,8 @@ def create_app(access: Access, *, secret: str | None = None) -> ASGIApp:
         Route("/logout", page(actions.logout), methods=["POST"]),
         Route("/actions/{action}", page(actions.act), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        # Browsers ask for it on every page: "no icon", not a 404 in the log.
+        Route("/favicon.ico", _no_content),
     ]
     middleware = [
         Middleware(
@@ -92,6 +94,10 @@ def create_app(access: Access, *, secret: str | None = None) -> ASGIApp:
     )
     # Outside Starlette's own error middleware, so even its 500 carries the headers.
     return AccessLog(SecurityHeaders(app))
+
+
+async def _no_content(request: Request) -> Response:
+    return Response(status_code=204)
 
 
 def _refusal(exc: Exception) -> tuple[int, str]:

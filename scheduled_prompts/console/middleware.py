@@ -28,6 +28,7 @@ SECURITY_HEADERS = {
 #: Served without a session: the login form and the stylesheet it needs.
 LOGIN = "/login"
 STATIC = "/static/"
+FAVICON = "/favicon.ico"
 
 
 class SecurityHeaders:
@@ -116,4 +117,4 @@ class LoginGate:
 
 
 def _public(path: str) -> bool:
-    return path == LOGIN or path.startswith(STATIC)
+    return path in (LOGIN, FAVICON) or path.startswith(STATIC)
