@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from .errors import InvalidSchedule
@@ -264,8 +264,15 @@ def build_prompt(
     meta = check_metadata(metadata, settings)
     resolved = resolve_schedule(schedule, now)
     jitter = check_jitter(jitter_seconds, resolved.cron, now)
+    offset = jitter_offset(pid, jitter)
+    first = resolved.next_run_at
+    if resolved.cron is not None and offset:
+        # The first occurrence that *fires* after now: its nominal time may be just past.
+        first = first_cron_run(
+            resolved.cron, now - offset, start_at=resolved.start_at, end_at=resolved.end_at
+        )
     assert text is not None and owner is not None and where is not None
-    assert resolved.next_run_at is not None
+    assert first is not None
     return make_record(
         {
             "id": pid,
@@ -280,7 +287,7 @@ def build_prompt(
             "schedule_time": resolved.schedule_time,
             "cron_expression": resolved.cron.expression if resolved.cron else None,
             "timezone": resolved.timezone,
-            "next_run_at": resolved.next_run_at + jitter_offset(pid, jitter),
+            "next_run_at": first + offset,
             "max_runs": resolved.max_runs,
             "start_at": resolved.start_at,
             "end_at": resolved.end_at,
@@ -396,11 +403,19 @@ def _rejitter(
     zone = new.get("timezone", record.timezone)
     schedule = parse_cron(expression, zone) if kind is Kind.CRON and expression else None
     jitter = check_jitter(jitter_seconds, schedule, now)
+    offset = jitter_offset(record.id, jitter)
     if "next_run_at" in new:
         nominal = new["next_run_at"]
+        after = now - offset  # a new schedule: its first occurrence that fires after now
     else:
         nominal = None if record.next_run_at is None else record.next_run_at - record.offset
-    fire = None if nominal is None else nominal + jitter_offset(record.id, jitter)
+        # The same schedule: never before the occurrence it was waiting for (delivered
+        # ones stay delivered), and firing after now.
+        after = max(now - offset, nominal - timedelta(milliseconds=1)) if nominal else now
+    if nominal is not None and schedule is not None:
+        start_at, end_at = new.get("start_at", record.start_at), new.get("end_at", record.end_at)
+        nominal = first_cron_run(schedule, after, start_at=start_at, end_at=end_at)
+    fire = None if nominal is None else nominal + offset
     return {"jitter_seconds": jitter, "next_run_at": fire}
 
 

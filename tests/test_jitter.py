@@ -20,7 +20,9 @@ from scheduled_prompts.schedules import jitter_offset, preview_schedule
 from scheduled_prompts.tools import ToolContext, handle_tool_call
 from support.recording_runner import MemoryRunner
 
-DAILY = "0 9 * * *"
+# A daily time half a day from now: nominal and jittered instants are all well ahead,
+# whatever the time the suite runs.
+DAILY = f"0 {(utcnow().hour + 12) % 24} * * *"
 
 
 def test_the_offset_is_fixed_per_id_within_the_range_and_spread_across_ids() -> None:
@@ -83,9 +85,10 @@ def test_pause_resume_and_update_keep_or_move_the_offset(r: redis.Redis) -> None
     assert plain.jitter_seconds is None and plain.next_run_at == nominal
     # A new schedule keeps the jitter, checked against the new interval.
     again = sp.update_prompt(p.id, jitter_seconds=600)
-    moved = sp.update_prompt(again.id, cron="30 9 * * *")
-    assert moved.next_run_at == preview_schedule("30 9 * * *", count=1)[0] + jitter_offset(
-        p.id, 600
+    half = DAILY.replace("0 ", "30 ", 1)
+    moved = sp.update_prompt(again.id, cron=half)
+    assert (
+        moved.next_run_at == preview_schedule(half, count=1, jitter_seconds=600, prompt_id=p.id)[0]
     )
     with pytest.raises(sp.InvalidSchedule, match="below the cron schedule's shortest interval"):
         sp.update_prompt(p.id, cron="*/5 * * * *")
@@ -170,3 +173,31 @@ def test_the_console_lists_the_jittered_fire_times(r: redis.Redis) -> None:
 
     p = sp.schedule_prompt("d", user_id="u", platform="tg", cron=DAILY, jitter_seconds=1800)
     assert next_fires(p, 3) == preview_schedule(DAILY, count=3, jitter_seconds=1800, prompt_id=p.id)
+
+
+def test_the_load_chart_places_the_jittered_repeats(r: redis.Redis) -> None:
+    from scheduled_prompts.console import load
+
+    p = sp.schedule_prompt("q", user_id="u", platform="tg", cron="0 */6 * * *", jitter_seconds=3600)
+    assert p.next_run_at is not None
+    end = p.next_run_at + timedelta(hours=24)
+    expected = preview_schedule("0 */6 * * *", count=6, jitter_seconds=3600, prompt_id=p.id)
+    assert expected[0] == p.next_run_at  # the same rule: the first that fires after now
+    assert list(load._repeats(p, end)) == [t for t in expected[1:] if t < end]
+
+
+def test_the_next_run_is_the_first_occurrence_that_fires_after_now() -> None:
+    from scheduled_prompts.settings import get_settings
+    from scheduled_prompts.validation import build_from_spec
+
+    offset = jitter_offset("hourly-1", 3000)
+    assert offset > timedelta(seconds=60)
+    hour = datetime(2026, 6, 1, 10, tzinfo=UTC)
+    spec = {"prompt": "x", "user_id": "u", "platform": "tg", "cron": "0 * * * *",
+            "jitter_seconds": 3000, "prompt_id": "hourly-1"}  # fmt: skip
+    # Made after 10:00 but before 10:00 + offset: the 10:00 occurrence still fires.
+    before, _ = build_from_spec(spec, hour + offset / 2, get_settings())
+    assert before.next_run_at == hour + offset
+    # Made after it fired: the next hour's.
+    after, _ = build_from_spec(spec, hour + offset + timedelta(seconds=1), get_settings())
+    assert after.next_run_at == hour + timedelta(hours=1) + offset

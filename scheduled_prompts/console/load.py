@@ -16,6 +16,8 @@ of records on every view.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -25,8 +27,8 @@ from .._time import from_ms, to_ms
 from ..models import Kind, ScheduledPrompt
 from ..occurrences import Delivery
 from ..plans import Plan
-from ..schedules import next_cron_run, parse_cron
 from ..store import Scope
+from .timing import fires
 
 HOURS = 24
 #: Most prompts next due in the window whose records are read to add cron repeats; also
@@ -154,21 +156,10 @@ def _hour(start: datetime, when: datetime) -> int:
     return int((when - start) / _HOUR)
 
 
-def _repeats(record: ScheduledPrompt, end: datetime) -> list[datetime]:
-    """The occurrences after ``next_run_at`` and before ``end`` (within ``end_at`` and the
-    runs ``max_runs`` leaves)."""
-    assert record.cron_expression is not None and record.next_run_at is not None
-    schedule = parse_cron(record.cron_expression, record.timezone)
-    left = None if record.max_runs is None else record.max_runs - record.scheduled_runs - 1
-    out: list[datetime] = []
-    current = record.next_run_at
-    while left is None or len(out) < left:
-        following = next_cron_run(schedule, current, end_at=record.end_at)
-        if following is None or following >= end:
-            break
-        out.append(following)
-        current = following
-    return out
+def _repeats(record: ScheduledPrompt, end: datetime) -> Iterator[datetime]:
+    """The occurrences after ``next_run_at`` and before ``end``."""
+    later = itertools.islice(fires(record), 1, None)
+    return itertools.takewhile(lambda when: when < end, later)
 
 
 # --- the chart ----------------------------------------------------------------------------

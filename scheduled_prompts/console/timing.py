@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,26 +24,35 @@ class Instant:
 
 
 def next_fires(record: ScheduledPrompt, count: int = NEXT_FIRES) -> list[datetime]:
-    """The next ``count`` occurrences, the way the engine will fire them: none for a paused
-    or finished prompt, the one time of a one-time prompt, and for a cron prompt its
-    ``next_run_at`` then the schedule's next instants within ``end_at`` and the runs
-    ``max_runs`` leaves."""
+    """The next ``count`` occurrences, the way the engine will fire them (see
+    :func:`fires`)."""
+    return list(itertools.islice(fires(record), count))
+
+
+def fires(record: ScheduledPrompt) -> Iterator[datetime]:
+    """The prompt's fire times from ``next_run_at`` on: none for a paused or finished
+    prompt, the one time of a one-time prompt, and for a cron prompt the schedule's
+    instants within ``end_at`` and the runs ``max_runs`` leaves, each later by the
+    prompt's jitter offset."""
     if not record.is_live or record.next_run_at is None:
-        return []
+        return
+    yield record.next_run_at
     if record.kind is Kind.ONCE:
-        return [record.next_run_at]
+        return
     assert record.cron_expression is not None
     schedule = parse_cron(record.cron_expression, record.timezone)
-    left = count if record.max_runs is None else record.max_runs - record.scheduled_runs
+    left = None if record.max_runs is None else record.max_runs - record.scheduled_runs - 1
     # The schedule's instants are nominal; each fires the prompt's jitter offset later.
     offset = record.offset
-    fires = [record.next_run_at]
-    while len(fires) < min(count, left):
-        following = next_cron_run(schedule, fires[-1] - offset, end_at=record.end_at)
+    current = record.next_run_at
+    while left is None or left > 0:
+        following = next_cron_run(schedule, current - offset, end_at=record.end_at)
         if following is None:
-            break
-        fires.append(following + offset)
-    return fires
+            return
+        current = following + offset
+        yield current
+        if left is not None:
+            left -= 1
 
 
 def utc_text(value: datetime | None) -> str:
