@@ -7,11 +7,8 @@ start without a token, its access log)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -35,11 +32,11 @@ from scheduled_prompts.console.middleware import CONTENT_SECURITY_POLICY
 from scheduled_prompts.errors import InvalidSchedule, PermanentDeliveryError
 from scheduled_prompts.occurrences import Delivery
 from support.recording_runner import MemoryRunner
-from support.redis_server import free_port, stop_process, wait_listening
+from support.redis_server import free_port
+from support.served import SCRIPT, Served, command_env
 
 pytestmark = pytest.mark.timeout(120)
 
-SCRIPT = Path(sys.executable).parent / "scheduled-prompts"
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "console-token-7f3a9c2e5b8d1f40"
 SCRIPT_TAG = "<script>alert(1)</script>"
@@ -601,39 +598,15 @@ def test_redis_away_is_a_503_page_naming_it(redis_url: str) -> None:
 # --- the real process ---------------------------------------------------------------------
 
 
-def _env(redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")}
-    return env | {"SCHEDULED_PROMPTS_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)} | extra
-
-
-class ConsoleProcess:
+class ConsoleProcess(Served):
     """``scheduled-prompts console`` on a free port, its output in a log file."""
 
     def __init__(self, tmp: Path, redis_url: str, *flags: str, **env: str) -> None:
-        self.port = free_port()
-        self.log = tmp / "console.log"
-        self._out = self.log.open("wb")
-        self.popen = subprocess.Popen(
-            [str(SCRIPT), "console", "--port", str(self.port), *flags],
-            env=_env(redis_url, **env),
-            cwd=REPO,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        wait_listening(self.port, self.popen, self.log)
+        super().__init__(tmp, redis_url, "console", *flags, **env)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                stop_process(self.popen)
-        self._out.close()
+        return self.base_url
 
 
 @pytest.fixture
@@ -714,7 +687,7 @@ def test_the_console_refuses_to_start_unsafely_with_one_line_and_status_2(
 ) -> None:
     done = subprocess.run(
         [str(SCRIPT), "console", "--port", str(free_port()), *flags],
-        env=_env(redis_url, **env),
+        env=command_env(redis_url, **env),
         capture_output=True,
         text=True,
         timeout=60,

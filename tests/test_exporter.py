@@ -4,11 +4,8 @@ prometheus_client's own parser."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,28 +25,18 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError
 from scheduled_prompts.occurrences import Delivery
 from support.recording_runner import MemoryRunner
-from support.redis_server import free_port, wait_listening
+from support.served import Served
 
 pytestmark = pytest.mark.timeout(120)
 
-SCRIPT = Path(sys.executable).parent / "scheduled-prompts"
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def exporter(redis_url: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")}
-    env |= {"SCHEDULED_PROMPTS_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
-    log = (tmp_path / "exporter.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SCRIPT), "exporter", "--port", str(port)], env=env, stdout=log, stderr=log
-    )
-    wait_listening(port, proc, tmp_path / "exporter.log")
-    yield f"http://127.0.0.1:{port}/metrics"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 0
-    log.close()
+    served = Served(tmp_path, redis_url, "exporter")
+    yield served.base_url + "/metrics"
+    assert served.stop(signal.SIGTERM) == 0
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -23,11 +21,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 import scheduled_prompts as sp
 from scheduled_prompts.tools import tool_definitions
-from support.redis_server import free_port, wait_listening
+from support.redis_server import free_port
+from support.served import SCRIPT, Served, command_env
 
 pytestmark = pytest.mark.timeout(120)
 
-SCRIPT = Path(sys.executable).parent / "scheduled-prompts"
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -42,11 +40,6 @@ def _entry(extra: str) -> str:
     return '{"' + TOKEN_ANA + '": {"user_id": "a", "platform": "p", ' + extra + "}}"
 
 
-def _env(redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULED_PROMPTS_")}
-    return env | {"SCHEDULED_PROMPTS_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
-
-
 def run(body: Callable[[], Awaitable[T]]) -> T:
     return anyio.run(body)
 
@@ -54,7 +47,7 @@ def run(body: Callable[[], Awaitable[T]]) -> T:
 @asynccontextmanager
 async def stdio_session(redis_url: str, *flags: str) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
-        command=str(SCRIPT), args=["mcp", *flags], env=_env(redis_url), cwd=str(REPO)
+        command=str(SCRIPT), args=["mcp", *flags], env=command_env(redis_url), cwd=str(REPO)
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -190,7 +183,7 @@ def test_stdio_inside_a_scheduled_run_the_agent_may_not_schedule(redis_url: str)
 def test_bad_flags_exit_2_with_one_line(redis_url: str, args: list[str], message: str) -> None:
     done = subprocess.run(
         [str(SCRIPT), *args],
-        env=_env(redis_url),
+        env=command_env(redis_url),
         capture_output=True,
         text=True,
         timeout=60,
@@ -208,29 +201,13 @@ def _write_tokens(path: Path, tokens: dict[str, dict[str, Any]]) -> None:
     path.write_text(json.dumps(tokens))
 
 
-class HttpServer:
+class HttpServer(Served):
     def __init__(self, tmp: Path, redis_url: str, *flags: str) -> None:
-        self.port = free_port()
-        self.log = tmp / "mcp-http.log"
-        self._out = self.log.open("wb")
-        self.popen = subprocess.Popen(
-            [str(SCRIPT), "mcp", "--http", "--port", str(self.port), *flags],
-            env=_env(redis_url),
-            cwd=REPO,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        wait_listening(self.port, self.popen, self.log)
+        super().__init__(tmp, redis_url, "mcp", "--http", *flags)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            self.popen.wait(20)
-        self._out.close()
+        return self.base_url + "/mcp"
 
 
 @pytest.fixture
@@ -384,7 +361,7 @@ def test_a_bad_tokens_file_exits_2_naming_the_entry_never_the_token(
     path.write_text(content)
     done = subprocess.run(
         [str(SCRIPT), "mcp", "--http", "--port", str(free_port()), "--tokens", str(path)],
-        env=_env(redis_url),
+        env=command_env(redis_url),
         capture_output=True,
         text=True,
         timeout=60,
