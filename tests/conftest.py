@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -49,10 +49,21 @@ def key_count(client: redis.Redis) -> int:
 
 
 @pytest.fixture
-def memory_runner(redis_url: str) -> Iterator[MemoryRunner]:
+def runner(redis_url: str) -> Iterator[Callable[..., MemoryRunner]]:
+    """``runner(error=None)`` installs an in-process runner for every platform (raising
+    ``error`` on each call, if given) and returns it; none is left installed after."""
+
+    def install(error: Exception | None = None) -> MemoryRunner:
+        installed = MemoryRunner(error)
+        scheduled_prompts.set_bot_runner(installed)
+        return installed
+
+    yield install
+    scheduled_prompts.set_bot_runner(None)
+
+
+@pytest.fixture
+def memory_runner(runner: Callable[..., MemoryRunner]) -> MemoryRunner:
     """An in-process runner installed for every platform (its calls kept), on the emptied
     test server."""
-    runner = MemoryRunner()
-    scheduled_prompts.set_bot_runner(runner)
-    yield runner
-    scheduled_prompts.set_bot_runner(None)
+    return runner()

@@ -17,18 +17,6 @@ from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError, PermanentDeliveryError
 from scheduled_prompts.metrics import Observation
 from scheduled_prompts.occurrences import Delivery
-from support.recording_runner import MemoryRunner
-
-
-@pytest.fixture
-def runner(redis_url: str) -> Any:
-    def use(error: Exception | None = None) -> MemoryRunner:
-        r = MemoryRunner(error)
-        sp.set_bot_runner(r)
-        return r
-
-    yield use
-    sp.set_bot_runner(None)
 
 
 def scheduled(
