@@ -37,7 +37,7 @@ from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_
 from .outcomes import Outcome, Result
 from .plans import Enqueue, Plan, run
 from .runners import call_runner, get_runner
-from .schedules import next_cron_run, parse_cron
+from .schedules import first_cron_run, next_cron_run, parse_cron
 from .store import Scope
 
 __all__ = [
@@ -124,9 +124,10 @@ def deliver(
     was first held back (``limited_since_ms``: the misfire grace is judged then).
     """
     waiting = Waiting(slot_ms, limited_since_ms)
-    return _deliver(client, ctx, [delivery], attempt, coalesced_ms, fixed_now=now, waiting=waiting)[
-        0
-    ]
+    (result,) = _deliver(
+        client, ctx, [delivery], attempt, coalesced_ms, fixed_now=now, waiting=waiting
+    )
+    return result
 
 
 @dataclass(frozen=True)
@@ -467,16 +468,18 @@ def _finish(
         return record.replace(**changes)
     assert record.cron_expression is not None
     runs = record.scheduled_runs + (1 if delivered else 0)
-    following = None
+    fire = None
     if record.max_runs is None or runs < record.max_runs:
         schedule = parse_cron(record.cron_expression, record.timezone)
         # Continue from now: missed occurrences were coalesced into this one.
-        # The first occurrence after both: asked from the occurrence first (the same
-        # question for every prompt of this schedule firing now, so it is remembered).
+        # The first occurrence that fires after both: asked from the occurrence first
+        # (the same question for every prompt of this schedule firing now, so it is
+        # remembered).
         following = next_cron_run(schedule, occurrence, end_at=record.end_at)
-        if following is not None and following + record.offset <= now:
-            following = next_cron_run(schedule, now - record.offset, end_at=record.end_at)
-    if following is None:
+        fire = None if following is None else following + record.offset
+        if fire is not None and fire <= now:
+            fire = first_cron_run(schedule, now, end_at=record.end_at, offset=record.offset)
+    if fire is None:
         changes["status"] = Status.EXECUTED
-    changes["next_run_at"] = None if following is None else following + record.offset
+    changes["next_run_at"] = fire
     return record.replace(**changes)

@@ -276,12 +276,16 @@ def first_cron_run(
     *,
     start_at: datetime | None = None,
     end_at: datetime | None = None,
+    offset: timedelta = timedelta(0),
 ) -> datetime | None:
-    """The first occurrence after ``now``, at or after ``start_at``, at or before ``end_at``."""
-    after = now
-    if start_at is not None and start_at > now:
+    """The first occurrence that fires after ``now``, at or after ``start_at``, at or
+    before ``end_at`` (both nominal), as the instant it fires: its nominal time plus
+    ``offset`` (a prompt's jitter, see :func:`jitter_offset`)."""
+    after = now - offset
+    if start_at is not None and start_at > after:
         after = start_at - timedelta(microseconds=1)
-    return _bounded(_next_after(schedule, after), end_at)
+    nominal = _bounded(_next_after(schedule, after), end_at)
+    return None if nominal is None else nominal + offset
 
 
 def next_cron_run(

@@ -265,14 +265,15 @@ def build_prompt(
     resolved = resolve_schedule(schedule, now)
     jitter = check_jitter(jitter_seconds, resolved.cron, now)
     offset = jitter_offset(pid, jitter)
-    first = resolved.next_run_at
+    assert resolved.next_run_at is not None
+    fire: datetime | None = resolved.next_run_at + offset
     if resolved.cron is not None and offset:
         # The first occurrence that *fires* after now: its nominal time may be just past.
-        first = first_cron_run(
-            resolved.cron, now - offset, start_at=resolved.start_at, end_at=resolved.end_at
+        fire = first_cron_run(
+            resolved.cron, now, start_at=resolved.start_at, end_at=resolved.end_at, offset=offset
         )
     assert text is not None and owner is not None and where is not None
-    assert first is not None
+    assert fire is not None
     return make_record(
         {
             "id": pid,
@@ -287,7 +288,7 @@ def build_prompt(
             "schedule_time": resolved.schedule_time,
             "cron_expression": resolved.cron.expression if resolved.cron else None,
             "timezone": resolved.timezone,
-            "next_run_at": first + offset,
+            "next_run_at": fire,
             "max_runs": resolved.max_runs,
             "start_at": resolved.start_at,
             "end_at": resolved.end_at,
@@ -406,16 +407,16 @@ def _rejitter(
     offset = jitter_offset(record.id, jitter)
     if "next_run_at" in new:
         nominal = new["next_run_at"]
-        after = now - offset  # a new schedule: its first occurrence that fires after now
+        after = now  # a new schedule: its first occurrence that fires after now
     else:
         nominal = None if record.next_run_at is None else record.next_run_at - record.offset
         # The same schedule: never before the occurrence it was waiting for (delivered
         # ones stay delivered), and firing after now.
-        after = max(now - offset, nominal - timedelta(milliseconds=1)) if nominal else now
-    if nominal is not None and schedule is not None:
-        start_at, end_at = new.get("start_at", record.start_at), new.get("end_at", record.end_at)
-        nominal = first_cron_run(schedule, after, start_at=start_at, end_at=end_at)
+        after = max(now, nominal + offset - timedelta(milliseconds=1)) if nominal else now
     fire = None if nominal is None else nominal + offset
+    if fire is not None and schedule is not None:
+        start_at, end_at = new.get("start_at", record.start_at), new.get("end_at", record.end_at)
+        fire = first_cron_run(schedule, after, start_at=start_at, end_at=end_at, offset=offset)
     return {"jitter_seconds": jitter, "next_run_at": fire}
 
 

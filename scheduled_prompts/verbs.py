@@ -368,13 +368,12 @@ def resume(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> Pl
         assert record.cron_expression is not None
         schedule = parse_cron(record.cron_expression, record.timezone)
         # Computed from now: occurrences missed while paused are skipped, not replayed.
-        offset = record.offset  # the first occurrence that fires after now
         first = first_cron_run(
-            schedule, now - offset, start_at=record.start_at, end_at=record.end_at
+            schedule, now, start_at=record.start_at, end_at=record.end_at, offset=record.offset
         )
         if first is None:
             return record.replace(status=Status.EXECUTED, next_run_at=None, **bump)
-        return record.replace(status=Status.ACTIVE, next_run_at=first + offset, **bump)
+        return record.replace(status=Status.ACTIVE, next_run_at=first, **bump)
 
     return (yield from _mutate(ctx, prompt_id, user_id, change))
 
