@@ -12,7 +12,7 @@ JSON of the step; its time is the stream id's.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -71,9 +71,9 @@ def encode(step: Observation) -> tuple[str, str]:
     return _COMPACT.encode(data), "1" if step.outcome in FAILURES else ""
 
 
-def decode(stream_id: str | bytes, fields: dict[Any, Any]) -> Entry | None:
+def decode(stream_id: str | bytes, fields: Mapping[str, str]) -> Entry | None:
     """An entry read back from a stream (None if it is not one of ours)."""
-    raw = fields.get(b"e", fields.get("e"))
+    raw = fields.get("e")
     try:
         data = json.loads(raw or "")
         at_ms = int(store.as_text(stream_id).split("-", 1)[0])
@@ -117,15 +117,7 @@ def failures(ctx: Scope, limit: int = 50) -> Plan[list[Entry]]:
 def _matching(rows: Sequence[Any], prompt_id: str | None) -> list[Entry]:
     out = []
     for stream_id, fields in rows:
-        entry = decode(stream_id, _as_dict(fields))
+        entry = decode(stream_id, store.as_mapping(fields))
         if entry is not None and (prompt_id is None or entry.prompt_id == prompt_id):
             out.append(entry)
     return out
-
-
-def _as_dict(fields: Any) -> dict[Any, Any]:
-    """A stream entry's fields as a dict (redis-py gives one; a bare reply gives pairs)."""
-    if isinstance(fields, dict):
-        return fields
-    items = list(fields)
-    return dict(zip(items[::2], items[1::2], strict=True))

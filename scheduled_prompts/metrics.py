@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import store
 from ._time import to_ms
@@ -174,7 +174,7 @@ def recount(
 def statuses(ctx: Scope) -> Plan[dict[str, int] | None]:
     """Stored prompts by status (every status, zeros included; ``unreadable`` when a
     recount found records it could not read), or None while the count is incomplete."""
-    counts = _as_mapping((yield store.Command(("HGETALL", ctx.keys.counts))))
+    counts = store.as_mapping((yield store.Command(("HGETALL", ctx.keys.counts))))
     if "counted" not in counts:
         return None
     out = {s.value: 0 for s in Status}
@@ -209,20 +209,10 @@ def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
     oldest = [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
     beat = yield store.Command(("GET", keys.beat))
     return Snapshot(
-        series=decode(_as_mapping(raw)),
+        series=decode(store.as_mapping(raw)),
         statuses=(yield from statuses(ctx)),
         due_backlog=overdue + len(past),
         inflight=len(handed),
         oldest_overdue_seconds=max([0, *oldest]) / 1000,
         last_tick=None if beat is None else int(beat) / 1000,
     )
-
-
-def _as_mapping(raw: Any) -> Mapping[str, str]:
-    """HGETALL's reply as a mapping (a dict from redis-py, pairs from a bare command)."""
-    if isinstance(raw, Mapping):
-        return {store.as_text(k): store.as_text(v) for k, v in raw.items()}
-    items = list(raw or [])
-    return {
-        store.as_text(k): store.as_text(v) for k, v in zip(items[::2], items[1::2], strict=True)
-    }

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -697,6 +697,15 @@ return {'done', #ids}
 def as_text(value: str | bytes | int) -> str:
     """A reply as text, whether or not the client decodes responses."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_mapping(reply: Any) -> dict[str, str]:
+    """A field/value reply (HGETALL, a stream entry's fields) as text: redis-py gives a
+    dict, a bare command (a pipeline, the asyncio driver) a flat list of pairs."""
+    if isinstance(reply, Mapping):
+        return {as_text(k): as_text(v) for k, v in reply.items()}
+    items = list(reply or [])
+    return {as_text(k): as_text(v) for k, v in zip(items[::2], items[1::2], strict=True)}
 
 
 class Op:
