@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
@@ -41,16 +40,3 @@ def from_iso(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"timestamp without a UTC offset: {text!r}")
     return value.astimezone(UTC)
-
-
-def utc_text(value: datetime | None, empty: str = "-") -> str:
-    """For people: ``2026-03-08 07:00:00 UTC`` (``empty`` for None)."""
-    return empty if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def local_text(value: datetime | None, zone: str, empty: str = "-") -> str:
-    """For people, as the wall clock in ``zone`` shows it, with its abbreviation."""
-    if value is None:
-        return empty
-    here = value.astimezone(ZoneInfo(zone))
-    return here.strftime("%Y-%m-%d %H:%M:%S ") + (here.tzname() or zone)

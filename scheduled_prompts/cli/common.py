@@ -54,8 +54,3 @@ def schedule_text(p: ScheduledPrompt) -> str:
     if p.cron_expression is not None:
         return f"cron {p.cron_expression} ({p.timezone})"
     return f"once {to_iso(p.schedule_time)}" if p.schedule_time else "once"
-
-
-def clip(text: str, width: int = 40) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -10,13 +10,13 @@ from typing import Any
 import click
 
 from .. import api
-from .._time import local_text, utc_text, utcnow
+from .._time import utcnow
+from ..display import clip, local_text, utc_text
 from ..models import ScheduledPrompt, Status
 from ..schedules import localize, parse_cron, preview_schedule
 from .common import (
     CliError,
     Commands,
-    clip,
     json_option,
     print_json,
     schedule_text,

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse
 
 from .. import history, metrics, operations, verbs
 from .._time import utcnow
+from ..display import clip
 from ..errors import InvalidSchedule
 from ..models import DATETIME_FIELDS, ScheduledPrompt, Status
 from . import load as upcoming
@@ -137,13 +138,8 @@ def _row(p: ScheduledPrompt) -> dict[str, Any]:
         "user": p.user_id,
         "platform": p.platform,
         "next_run": utc_text(p.next_run_at),
-        "prompt": _clip(p.prompt),
+        "prompt": clip(p.prompt, 80),
     }
-
-
-def _clip(text: str, width: int = 80) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 async def prompt_detail(site: Site, request: Request) -> HTMLResponse:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from .. import _time
+from .. import display
 from ..models import Kind, ScheduledPrompt
 from ..schedules import next_cron_run, parse_cron
 
@@ -56,11 +56,11 @@ def fires(record: ScheduledPrompt) -> Iterator[datetime]:
 
 
 def utc_text(value: datetime | None) -> str:
-    return _time.utc_text(value, empty="—")
+    return display.utc_text(value, empty="—")
 
 
 def local_text(value: datetime | None, zone: str) -> str:
-    return _time.local_text(value, zone, empty="—")
+    return display.local_text(value, zone, empty="—")
 
 
 def instant(value: datetime, zone: str) -> Instant:
