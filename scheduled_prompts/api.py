@@ -93,6 +93,7 @@ def schedule_prompt(
     metadata: Mapping[str, Any] | None = None,
     prompt_id: str | None = None,
     jitter_seconds: float | None = None,
+    overlap: str | None = None,
 ) -> Plan[ScheduledPrompt]:
     """Store a prompt to fire once (``at=`` or ``delay=``) or on a ``cron=`` schedule.
 
@@ -100,6 +101,10 @@ def schedule_prompt(
     the stored prompt unchanged; different arguments raise ``ConflictingPrompt``.
     ``jitter_seconds=J`` makes every occurrence fire a fixed offset in [0, J) after its
     time, derived from the prompt's id (spreads a herd; ``next_run_at`` shows it).
+    ``overlap`` (cron prompts) decides what an occurrence does when it comes due while
+    the runner call of an earlier one is still going on: ``"skip"`` (the default: not
+    delivered, counted in ``skipped_runs``), ``"buffer_one"`` (the latest of them is
+    delivered once the run ends) or ``"allow"`` (delivered on time, alongside it).
     """
     spec = {
         "prompt": prompt,
@@ -117,6 +122,7 @@ def schedule_prompt(
         "metadata": metadata,
         "prompt_id": prompt_id,
         "jitter_seconds": jitter_seconds,
+        "overlap": overlap,
     }
     return verbs.create(scope(), spec, utcnow())
 

@@ -9,6 +9,7 @@ runners take (to renew what is still to run).
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -76,8 +77,9 @@ class Claims:
         ]
         held = slots if slots is not None else [None] * len(deliveries)
         for d, slot in zip(deliveries, held, strict=True):
-            script_keys += [keys.prompt(d.prompt_id), keys.lease(d.prompt_id), keys.done(d.key)]
-            args += ["" if d.trigger else str(d.occurrence_ms), d.key, "" if slot is None else slot]
+            script_keys += [keys.prompt(d.prompt_id), keys.lease(d.lease_name), keys.done(d.key)]
+            expected = str(d.occurrence_ms) if d.scheduled else ""
+            args += [expected, d.key, "" if slot is None else slot]
         rows = self.ctx.durable(store.Eval(store.CLAIM, script_keys, args)).run(self.client)
         self._renewed = time.monotonic()
         out: list[Result | Claimed] = []
@@ -122,7 +124,7 @@ class Claims:
         """Renew the leases of ``held``; returns, per claim, whether it is still ours (a
         lease that ran out may be another deliverer's now: that occurrence must not be
         delivered by this task)."""
-        keys = [self.ctx.keys.lease(c.delivery.prompt_id) for c in held]
+        keys = [self.ctx.keys.lease(c.delivery.lease_name) for c in held]
         renewed = store.Eval(store.RENEW, keys, [self.token, self.lease_ms]).run(self.client)
         self._renewed = time.monotonic()
         return [bool(int(r)) for r in renewed]
@@ -144,7 +146,7 @@ class Claims:
         entry, failed = ("", "") if counted is None else history.encode(counted)
         store.Eval(
             store.RELEASE,
-            [keys.lease(d.prompt_id), keys.inflight, keys.metrics, keys.log, keys.failures],
+            [keys.lease(d.lease_name), keys.inflight, keys.metrics, keys.log, keys.failures],
             [*self._log_lengths, self.token, d.key, deadline, step, entry, failed, batch.fields()],
         ).run(self.client)
         if drop:
@@ -208,9 +210,7 @@ class Claims:
                 rkeys = [keys.prompt(changes[i][0].delivery.prompt_id) for i in stale]
                 for i, value in zip(stale, self.client.mget(rkeys), strict=True):
                     raws[i] = None if value is None else store.as_text(value)
-            script_keys = [
-                *store.record_indexes(keys), keys.inflight, keys.metrics, keys.log, keys.failures
-            ]  # fmt: skip
+            script_keys = self._commit_keys()
             args: list[str | int | float] = [*self._log_lengths]
             sent: list[tuple[int, ScheduledPrompt]] = []
             batch = Batch()
@@ -228,20 +228,9 @@ class Claims:
                     settled.add(i)
                     continue
                 new = change(record)
-                due, finished = store.index_entries(new)
-                delta = int(new.status.is_open) - int(record.status.is_open)
-                done_ttl = str(int(DONE_TTL.total_seconds() * 1000)) if d.trigger else ""
-                script_keys += [
-                    keys.prompt(d.prompt_id),
-                    keys.user(new.user_id),
-                    keys.lease(d.prompt_id),
-                    keys.done(d.key),
-                ]
-                step = metrics[i]
-                entry, failed = ("", "") if step is None else history.encode(step)
-                args += [raw, new.id, new.user_id, new.to_json(), due, finished, delta,
-                         self.token, d.key, done_ttl, batch.step(step), record.status.value,
-                         new.status.value, entry, failed]  # fmt: skip
+                self._outcome(
+                    script_keys, args, batch, d, record=record, raw=raw, new=new, step=metrics[i]
+                )
                 sent.append((i, new))
             if not sent:
                 return
@@ -255,3 +244,80 @@ class Claims:
                     raws[i] = None
         left = ", ".join(c.delivery.key for i, (c, _) in enumerate(changes) if i not in settled)
         raise RuntimeError(f"could not commit {left}: the record kept changing")
+
+    def detach(
+        self, claimed: Claimed, new: ScheduledPrompt, occurrence_ms: int, now: datetime
+    ) -> Claimed | None:
+        """Start an ``overlap="allow"`` run: commit ``new`` (the record moved past the
+        claimed occurrence, so the next one comes due on time) and move the claim to the
+        occurrence's detached run (``Delivery.detached``: its own lease and in-flight
+        entry, delivered like a trigger), in one step. Returns the run's claim, or None
+        when the record changed since it was claimed (the claim is then given back, and
+        the occurrence stays in flight to be claimed again)."""
+        d = claimed.delivery
+        run = Delivery(d.prompt_id, occurrence_ms, detached=True)
+        capped = self.ctx.settings.limits.concurrency.get(new.platform)
+        running = self.ctx.keys.running(new.platform) if capped else ""
+        deadline = to_ms(now) + redrive_delay(self.ctx)
+        spec = json.dumps([run.key, deadline, self.lease_ms, running])
+        script_keys = self._commit_keys()
+        args: list[str | int | float] = [*self._log_lengths]
+        batch = Batch()
+        raw = self._outcome(
+            script_keys,
+            args,
+            batch,
+            d,
+            record=claimed.record,
+            raw=claimed.raw,
+            new=new,
+            step=None,
+            run=run,
+            detach=spec,
+        )
+        args.append(batch.fields())
+        reply = self.ctx.durable(store.Eval(store.COMMIT, script_keys, args)).run(self.client)
+        if store.as_text(reply[0]) != "ok":
+            self.release(d, None)
+            return None
+        return Claimed(run, new, raw)
+
+    def _commit_keys(self) -> list[str]:
+        """COMMIT's keys before the per-outcome ones."""
+        keys = self.ctx.keys
+        return [*store.record_indexes(keys), keys.inflight, keys.metrics, keys.log, keys.failures]
+
+    def _outcome(
+        self,
+        script_keys: list[str],
+        args: list[str | int | float],
+        batch: Batch,
+        d: Delivery,
+        *,
+        record: ScheduledPrompt,
+        raw: str,
+        new: ScheduledPrompt,
+        step: Observation | None,
+        run: Delivery | None = None,
+        detach: str = "",
+    ) -> str:
+        """Add one outcome's keys and arguments to a COMMIT call; returns the new JSON.
+        ``run``/``detach``: the detached run the claim moves to, and its COMMIT spec."""
+        keys = self.ctx.keys
+        due, finished = store.index_entries(new)
+        delta = int(new.status.is_open) - int(record.status.is_open)
+        done_ttl = "" if d.scheduled else str(int(DONE_TTL.total_seconds() * 1000))
+        lease = keys.lease(d.lease_name)
+        script_keys += [
+            keys.prompt(d.prompt_id),
+            keys.user(new.user_id),
+            lease,
+            keys.done(d.key),
+            lease if run is None else keys.lease(run.lease_name),
+        ]
+        entry, failed = ("", "") if step is None else history.encode(step)
+        raw_new = new.to_json()
+        args += [raw, new.id, new.user_id, raw_new, due, finished, delta, self.token, d.key,
+                 done_ttl, batch.step(step), record.status.value, new.status.value, entry,
+                 failed, detach]  # fmt: skip
+        return raw_new

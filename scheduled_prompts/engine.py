@@ -32,7 +32,7 @@ from ._time import from_ms, to_iso, to_ms, utcnow
 from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
 from .metrics import Batch, Observation, tick_increments
-from .models import Kind, ScheduledPrompt, Status
+from .models import Kind, Overlap, ScheduledPrompt, Status
 from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
 from .outcomes import Outcome, Result
 from .plans import Enqueue, Plan, run
@@ -176,7 +176,7 @@ def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) ->
     same = [
         d
         for d in found
-        if d != delivery and not d.trigger and d.occurrence_ms == delivery.occurrence_ms
+        if d != delivery and d.scheduled and d.occurrence_ms == delivery.occurrence_ms
     ]
     return same[:limit]
 
@@ -236,7 +236,13 @@ def _deliver(
         now = fixed_now or utcnow()
         started = time.monotonic()
         step = _run_one(
-            claims, claimed, attempt, coalesced_ms, now, limited_since_ms=waiting.since_ms
+            claims,
+            claimed,
+            attempt,
+            coalesced_ms,
+            now,
+            limited_since_ms=waiting.since_ms,
+            fixed_now=fixed_now is not None,
         )
         last_call = time.monotonic() - started
         if isinstance(step, Result):
@@ -244,7 +250,7 @@ def _deliver(
             continue
         if not pending:
             oldest = time.monotonic()
-        pending.append((i, claimed, *step))
+        pending.append((i, *step))
     _commit(claims, pending, results)
     return [r if r is not None else Result(Outcome.SKIPPED) for r in results]
 
@@ -272,41 +278,27 @@ def _run_one(
     now: datetime,
     *,
     limited_since_ms: int | None = None,
-) -> Result | tuple[Change, Result, Observation]:
+    fixed_now: bool = False,
+) -> Result | tuple[Claimed, Change, Result, Observation]:
     """Decide and run one claimed occurrence: a final Result (nothing to commit), or the
-    change to commit with the Result it stands for and what it adds to the metrics.
+    claim to commit (the detached run's, for ``overlap="allow"``) with its change, the
+    Result it stands for and what it adds to the metrics.
     Held back by a platform limit since ``limited_since_ms``: the misfire grace is judged
     at that time (waiting for a limit does not make an occurrence missed)."""
     record, delivery = claimed.record, claimed.delivery
     kind = "trigger" if delivery.trigger else record.kind.value
-    # The nominal time (the key's and the payload's "occurrence"); with jitter, the
-    # occurrence fires ``offset`` later, and the due index holds that instant.
-    offset = timedelta(0) if delivery.trigger else record.offset
-    occurrence = from_ms(delivery.occurrence_ms) - offset
-    if coalesced_ms is not None:
-        occurrence = from_ms(coalesced_ms)
-    elif not delivery.trigger and record.kind is Kind.CRON:
-        occurrence = _latest_missed(record, occurrence, now - offset)
-    fire = occurrence + offset
-    # A one-time prompt's lateness counts from its own time, even when resumed late.
-    reference = fire
-    if record.kind is Kind.ONCE and not delivery.trigger and record.schedule_time is not None:
-        reference = record.schedule_time + offset
-    seen = now if limited_since_ms is None else min(now, from_ms(limited_since_ms))
-    late = seen - reference
-    grace = record.misfire_grace_seconds
-    # Only a first attempt can be a misfire: a retry is late because the runner failed.
-    if attempt == 1 and not delivery.trigger and grace is not None and late.total_seconds() > grace:
-        error = (
-            f"missed the occurrence at {to_iso(occurrence)}: {late.total_seconds():.1f}s late, "
-            f"more than misfire_grace_seconds={grace:g}"
-        )
+    occurrence = _nominal(record, delivery, coalesced_ms, now)
+    fire = occurrence + (timedelta(0) if delivery.trigger else record.offset)
+    error = _misfire(record, delivery, occurrence, now, attempt=attempt, since_ms=limited_since_ms)
+    if error is not None:
         log.warning("prompt %s %s", record.id, error)
+        after = _after(record, occurrence, now, now) if record.kind is Kind.CRON else None
         missed = Observation(
             "skipped", record.platform, kind, error=error, **_about(record, delivery, occurrence)
         )
         return (
-            _finisher(delivery, now, occurrence, False, error),
+            claimed,
+            _finisher(delivery, now, occurrence, False, error, after=after),
             Result(Outcome.MISSED, error=error),
             missed,
         )
@@ -318,18 +310,36 @@ def _run_one(
         return Result(Outcome.NO_RUNNER, error=str(exc))
     key = delivery.key if delivery.trigger else f"{record.id}:{to_ms(occurrence)}"
     payload = build_payload(record, key, occurrence, now, attempt, fire_at=fire)
-    started = time.monotonic()
+    if delivery.detached:
+        payload["run_number"] = record.run_count  # counted when it started
+    elif delivery.scheduled and record.overlap is Overlap.ALLOW:
+        run = _detach(claims, claimed, occurrence, now)
+        if run is None:  # the record changed since the claim: claim it again shortly
+            return Result(Outcome.BUSY, retry_in=0.2)
+        claimed, delivery = run, run.delivery
+    started_at = time.monotonic()
 
-    def observed(outcome: str, late: bool, error: str | None = None) -> Observation:
+    def observed(
+        outcome: str, late: bool, error: str | None = None, skipped: int = 0
+    ) -> Observation:
         return Observation(
             outcome,
             record.platform,
             kind,
             lateness=(now - fire).total_seconds() if late else None,
-            runner_seconds=time.monotonic() - started,
+            runner_seconds=time.monotonic() - started_at,
             error=error,
+            skipped=skipped,
             **_about(record, delivery, occurrence),
         )
+
+    def after_run() -> After | None:
+        """Where the schedule goes now that the runner call ended (scheduled cron only)."""
+        if not delivery.scheduled or record.kind is not Kind.CRON:
+            return None
+        took = timedelta(seconds=time.monotonic() - started_at)
+        ended = now + took if fixed_now else max(now, utcnow())
+        return _after(record, occurrence, now, ended)
 
     try:
         call_runner(runner, payload)
@@ -348,18 +358,93 @@ def _run_one(
             retried = observed("retried", late=False, error=error)
             claims.release(delivery, now + timedelta(seconds=retry_in), counted=retried)
             return Result(
-                Outcome.RETRY, retry_in=retry_in, error=error, occurrence_ms=to_ms(occurrence)
+                Outcome.RETRY,
+                retry_in=retry_in,
+                error=error,
+                occurrence_ms=to_ms(occurrence),
+                delivery=delivery if delivery.detached else None,
             )
         if not isinstance(exc, DeliveryError | PermanentDeliveryError):
             log.exception("runner raised for %s", key)
         log.error("giving up on %s after %d attempt(s): %s", key, attempt, error)
+        after = after_run()
         return (
-            _finisher(delivery, now, occurrence, False, error),
+            claimed,
+            _finisher(delivery, now, occurrence, False, error, after=after),
             Result(Outcome.FAILED, error=error),
-            observed("failed", late=True, error=error),
+            observed("failed", late=True, error=error, skipped=_skips(record, after, False)),
         )
-    delivered = observed("delivered", late=True)
-    return _finisher(delivery, now, occurrence, True, None), Result(Outcome.DELIVERED), delivered
+    after = after_run()
+    delivered = observed("delivered", late=True, skipped=_skips(record, after, True))
+    return (
+        claimed,
+        _finisher(delivery, now, occurrence, True, None, after=after),
+        Result(Outcome.DELIVERED),
+        delivered,
+    )
+
+
+def _nominal(
+    record: ScheduledPrompt, delivery: Delivery, coalesced_ms: int | None, now: datetime
+) -> datetime:
+    """The occurrence's nominal time (the key's and the payload's "occurrence"). With
+    jitter it fires ``record.offset`` later: the due index holds that instant. A cron
+    prompt's scheduled occurrence is coalesced with any later one already due; a retry
+    keeps the one its first attempt chose (``coalesced_ms``)."""
+    if coalesced_ms is not None:
+        return from_ms(coalesced_ms)
+    occurrence = from_ms(delivery.occurrence_ms)
+    if not delivery.scheduled:
+        return occurrence  # a trigger's request time, a detached run's nominal time
+    occurrence -= record.offset
+    if record.kind is Kind.CRON:
+        occurrence = _latest_missed(record, occurrence, now - record.offset)
+    return occurrence
+
+
+def _misfire(
+    record: ScheduledPrompt,
+    delivery: Delivery,
+    occurrence: datetime,
+    now: datetime,
+    *,
+    attempt: int,
+    since_ms: int | None,
+) -> str | None:
+    """Why the occurrence is missed (later than ``misfire_grace_seconds``), or None.
+
+    Only a first attempt can be a misfire: a retry is late because the runner failed,
+    and a detached run started in time.
+    """
+    grace = record.misfire_grace_seconds
+    if attempt != 1 or not delivery.scheduled or grace is None:
+        return None
+    # A one-time prompt's lateness counts from its own time, even when resumed late.
+    reference = occurrence + record.offset
+    if record.kind is Kind.ONCE and record.schedule_time is not None:
+        reference = record.schedule_time + record.offset
+    # Held back by a platform limit since ``since_ms``: judged then.
+    seen = now if since_ms is None else min(now, from_ms(since_ms))
+    late = (seen - reference).total_seconds()
+    if late <= grace:
+        return None
+    return (
+        f"missed the occurrence at {to_iso(occurrence)}: {late:.1f}s late, "
+        f"more than misfire_grace_seconds={grace:g}"
+    )
+
+
+def _detach(
+    claims: Claims, claimed: Claimed, occurrence: datetime, now: datetime
+) -> Claimed | None:
+    """Start an ``overlap="allow"`` occurrence as a run of its own: the record moves on
+    (and counts the run) now, so the next occurrence comes due on time while it runs."""
+    record = claimed.record
+    after = _after(record, occurrence, now, now)
+    moved = _finish(
+        record, claimed.delivery, now, occurrence, delivered=True, error=None, after=after
+    )
+    return claims.detach(claimed, moved, to_ms(occurrence), now)
 
 
 def _about(record: ScheduledPrompt, delivery: Delivery, occurrence: datetime) -> dict[str, Any]:
@@ -373,10 +458,16 @@ def _about(record: ScheduledPrompt, delivery: Delivery, occurrence: datetime) ->
 
 
 def _finisher(
-    delivery: Delivery, now: datetime, occurrence: datetime, delivered: bool, error: str | None
+    delivery: Delivery,
+    now: datetime,
+    occurrence: datetime,
+    delivered: bool,
+    error: str | None,
+    *,
+    after: After | None,
 ) -> Change:
     return lambda record: _finish(
-        record, delivery, now, occurrence, delivered=delivered, error=error
+        record, delivery, now, occurrence, delivered=delivered, error=error, after=after
     )
 
 
@@ -437,6 +528,61 @@ def _latest_missed(record: ScheduledPrompt, occurrence: datetime, now: datetime)
     return latest
 
 
+#: Occurrences counted one by one when a run outlasts its schedule's interval; beyond
+#: (a run longer than about 69 days of an every-minute schedule) the count stops there.
+MAX_OVERLAP_WALK = 100_000
+
+
+@dataclass(frozen=True)
+class After:
+    """Where a cron prompt's schedule goes once an occurrence's runner call ended."""
+
+    #: The next occurrence's fire instant (None: the schedule has no more).
+    fire: datetime | None
+    #: Occurrences that came due while it ran and are not delivered (``overlap``).
+    skipped: int = 0
+
+
+def _after(record: ScheduledPrompt, occurrence: datetime, now: datetime, ended: datetime) -> After:
+    """The next occurrence after ``occurrence`` (claimed at ``now``, its runner call
+    over at ``ended``) under the prompt's overlap policy.
+
+    Occurrences that came due before ``now`` were coalesced into this one; those that
+    came due while it ran are skipped (``skip``), or the latest of them is delivered
+    now (``buffer_one``: its instant is in the past, so it is due at once). ``allow``
+    prompts detach their runs as they start (``ended`` is ``now``), so none came due.
+    """
+    assert record.cron_expression is not None
+    schedule = parse_cron(record.cron_expression, record.timezone)
+    offset, end_at = record.offset, record.end_at
+    # The first occurrence that fires after both: asked from the occurrence first (the
+    # same question for every prompt of this schedule firing now, so it is remembered).
+    following = next_cron_run(schedule, occurrence, end_at=end_at)
+    fire = None if following is None else following + offset
+    if fire is not None and fire <= now:
+        fire = first_cron_run(schedule, now, end_at=end_at, offset=offset)
+    if fire is None or fire > ended:
+        return After(fire)  # the usual case: nothing came due while it ran
+    came, latest = 0, fire
+    while fire is not None and fire <= ended and came < MAX_OVERLAP_WALK:
+        came, latest = came + 1, fire
+        nominal = next_cron_run(schedule, fire - offset, end_at=end_at)
+        fire = None if nominal is None else nominal + offset
+    if fire is not None and fire <= ended:
+        fire = first_cron_run(schedule, ended, end_at=end_at, offset=offset)
+    if record.overlap is Overlap.BUFFER_ONE:
+        return After(latest, came - 1)
+    return After(fire, came)
+
+
+def _skips(record: ScheduledPrompt, after: After | None, delivered: bool) -> int:
+    """The occurrences ``after`` skips, if the schedule goes on after this run."""
+    if after is None or not after.skipped:
+        return 0
+    runs = record.scheduled_runs + (1 if delivered else 0)
+    return 0 if record.max_runs is not None and runs >= record.max_runs else after.skipped
+
+
 def _finish(
     record: ScheduledPrompt,
     delivery: Delivery,
@@ -445,15 +591,19 @@ def _finish(
     *,
     delivered: bool,
     error: str | None,
+    after: After | None,
 ) -> ScheduledPrompt:
-    """The record after an occurrence was delivered, missed, or failed for good."""
+    """The record after an occurrence was delivered, missed, or failed for good (or,
+    for ``overlap="allow"``, as its detached run starts: counted as a run then)."""
     changes: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
-    if delivered:
-        changes["run_count"] = record.run_count + 1
-        changes["last_execution"] = now
     if error is not None:
         changes["last_error"] = error
         changes["failure_count"] = record.failure_count + 1
+    if delivery.detached:
+        return record.replace(**changes)  # counted, and the schedule moved, at its start
+    if delivered:
+        changes["run_count"] = record.run_count + 1
+        changes["last_execution"] = now
     if delivery.trigger:
         if delivered:
             changes["trigger_count"] = record.trigger_count + 1
@@ -466,19 +616,14 @@ def _finish(
         changes["status"] = Status.EXECUTED if delivered else Status.FAILED
         changes["next_run_at"] = None
         return record.replace(**changes)
-    assert record.cron_expression is not None
+    assert after is not None
     runs = record.scheduled_runs + (1 if delivered else 0)
     fire = None
     if record.max_runs is None or runs < record.max_runs:
-        schedule = parse_cron(record.cron_expression, record.timezone)
-        # Continue from now: missed occurrences were coalesced into this one.
-        # The first occurrence that fires after both: asked from the occurrence first
-        # (the same question for every prompt of this schedule firing now, so it is
-        # remembered).
-        following = next_cron_run(schedule, occurrence, end_at=record.end_at)
-        fire = None if following is None else following + record.offset
-        if fire is not None and fire <= now:
-            fire = first_cron_run(schedule, now, end_at=record.end_at, offset=record.offset)
+        fire = after.fire
+        skipped = _skips(record, after, delivered)
+        if skipped:
+            changes["skipped_runs"] = record.skipped_runs + skipped
     if fire is None:
         changes["status"] = Status.EXECUTED
     changes["next_run_at"] = fire

@@ -4,6 +4,7 @@ A ``prometheus_client`` collector reads :func:`metrics.snapshot` on every scrape
 figures are the store's (every worker process and machine counted where the outcome was
 decided), and any number of exporters show the same. Series, all prefixed
 ``scheduled_prompts_``: ``deliveries_total{outcome,platform}``,
+``limited_total{platform,limit}``, ``overlap_skipped_total{platform}`` (counters);
 ``delivery_lateness_seconds{kind,platform}``, ``runner_duration_seconds{platform}``,
 ``tick_duration_seconds`` (histograms); ``due_backlog``, ``inflight``,
 ``oldest_overdue_seconds``, ``last_tick_timestamp_seconds`` (gauges).
@@ -108,6 +109,15 @@ def families(snap: metrics.Snapshot) -> Iterator[Metric]:
     for (_, platform, limit), value in sorted(_by_series(snap, "limited", 2).items()):
         limited.add_metric([platform, limit], value)
     yield limited
+    skipped = CounterMetricFamily(
+        PREFIX + "overlap_skipped",
+        "Cron occurrences not delivered because the prompt's previous run was still going "
+        "on when they came due (its overlap policy; also on the record as skipped_runs).",
+        labels=["platform"],
+    )
+    for (_, platform), value in sorted(_by_series(snap, "overlap_skipped", 1).items()):
+        skipped.add_metric([platform], value)
+    yield skipped
     for spec in HISTOGRAMS:
         yield _histogram(snap, spec)
     for name, value, doc in (

@@ -46,6 +46,8 @@ class Entry:
     lateness: float | None  # seconds
     runner_seconds: float | None
     error: str | None
+    #: Occurrences that came due during this run and were skipped (its overlap policy).
+    skipped: int = 0
 
 
 def encode(step: Observation) -> tuple[str, str]:
@@ -68,6 +70,8 @@ def encode(step: Observation) -> tuple[str, str]:
         data["runner_ms"] = round(step.runner_seconds * 1000, 1)
     if step.error:
         data["error"] = step.error
+    if step.skipped:
+        data["skipped"] = step.skipped
     return _COMPACT.encode(data), "1" if step.outcome in FAILURES else ""
 
 
@@ -89,6 +93,7 @@ def decode(stream_id: str | bytes, fields: Mapping[str, str]) -> Entry | None:
             lateness=None if late is None else float(late) / 1000,
             runner_seconds=None if runner is None else float(runner) / 1000,
             error=data.get("error"),
+            skipped=int(data.get("skipped", 0)),
         )
     except (TypeError, ValueError, KeyError):
         return None

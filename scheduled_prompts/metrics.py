@@ -82,9 +82,14 @@ class Observation:
     occurrence_ms: int = 0
     trigger: bool = False
     error: str | None = None
+    #: Occurrences of a cron prompt that came due during this run and are not delivered
+    #: (its ``overlap`` policy).
+    skipped: int = 0
 
     def increments(self) -> list[Increment]:
         out: list[Increment] = [("i", field("deliveries", self.outcome, self.platform), "1")]
+        if self.skipped:
+            out.append(("i", field("overlap_skipped", self.platform), str(self.skipped)))
         if self.lateness is not None and self.kind is not None:
             out += observe("lateness", (self.kind, self.platform), self.lateness, LATENESS_BUCKETS)
         if self.runner_seconds is not None:

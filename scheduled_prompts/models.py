@@ -15,8 +15,8 @@ from ._time import EPOCH, ONE_MS, from_iso, from_ms, to_iso
 from .schedules import jitter_offset
 
 #: Version of the stored JSON layout written; a record of another version than
-#: :data:`READABLE_SCHEMAS` is refused on load. 2 added ``jitter_seconds`` (a version 1
-#: record is a version 2 record without it).
+#: :data:`READABLE_SCHEMAS` is refused on load. 2 added ``jitter_seconds``, ``overlap`` and
+#: ``skipped_runs`` (a version 1 record is a version 2 record with their defaults).
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 
@@ -49,6 +49,15 @@ class Status(StrEnum):
         return not self.is_open
 
 
+class Overlap(StrEnum):
+    """What a cron prompt does with an occurrence that comes due while the runner call
+    of an earlier one is still going on (see docs/design.md, "Overlap")."""
+
+    SKIP = "skip"  # not delivered; counted in skipped_runs
+    BUFFER_ONE = "buffer_one"  # the latest of them is delivered when the run ends
+    ALLOW = "allow"  # delivered on time, alongside the earlier run
+
+
 class RecordError(ValueError):
     """A stored record could not be read (corrupt JSON or another schema version)."""
 
@@ -71,6 +80,8 @@ _DEFAULTS: dict[str, Any] = {
     "run_count": 0,
     "failure_count": 0,
     "trigger_count": 0,
+    "overlap": "skip",
+    "skipped_runs": 0,
     "metadata": {},
     "version": 1,
 }
@@ -114,12 +125,19 @@ class ScheduledPrompt:
     #: Every occurrence fires a fixed offset after its nominal time, in [0, this), derived
     #: from the id (``schedules.jitter_offset``); ``next_run_at`` is the jittered instant.
     jitter_seconds: float | None = None
+    #: Cron prompts: what an occurrence due while an earlier one still runs does.
+    overlap: Overlap = Overlap.SKIP
+    #: Occurrences not delivered because an earlier run of this prompt was still going
+    #: on (``overlap``); never counted in ``run_count`` nor against ``max_runs``.
+    skipped_runs: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Kind):
             object.__setattr__(self, "kind", Kind(self.kind))
         if not isinstance(self.status, Status):
             object.__setattr__(self, "status", Status(self.status))
+        if self.overlap.__class__ is not Overlap:
+            object.__setattr__(self, "overlap", Overlap(self.overlap))
         # The caller's dict is copied so the record cannot change behind its back.
         meta = copy.deepcopy(self.metadata) if self.metadata else {}
         object.__setattr__(self, "metadata", meta)
@@ -137,6 +155,8 @@ class ScheduledPrompt:
                 raise ValueError("a one-time prompt has schedule_time and no cron_expression")
             if self.status is Status.ACTIVE:
                 raise ValueError("a one-time prompt is 'scheduled', never 'active'")
+            if self.overlap is not Overlap.SKIP:
+                raise ValueError("overlap applies to cron prompts only")
         else:
             if self.cron_expression is None or self.schedule_time is not None:
                 raise ValueError("a cron prompt has cron_expression and no schedule_time")
@@ -144,8 +164,11 @@ class ScheduledPrompt:
                 raise ValueError("a cron prompt is 'active', never 'scheduled'")
         if self.status.is_live and self.next_run_at is None:
             raise ValueError(f"a {self.status} prompt needs next_run_at")
-        if min(self.run_count, self.failure_count, self.trigger_count) < 0 or self.version < 1:
-            raise ValueError("run_count, failure_count, trigger_count are >= 0, version >= 1")
+        counts = (self.run_count, self.failure_count, self.trigger_count, self.skipped_runs)
+        if min(counts) < 0 or self.version < 1:
+            raise ValueError(
+                "run_count, failure_count, trigger_count, skipped_runs are >= 0, version >= 1"
+            )
 
     @property
     def scheduled_runs(self) -> int:

@@ -20,24 +20,55 @@ REDRIVE_SLACK = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class Delivery:
-    """One occurrence to hand to a ``deliver`` task."""
+    """One occurrence to hand to a ``deliver`` task.
+
+    A scheduled occurrence is named by its due instant. A ``trigger`` is an extra
+    delivery asked for at that instant. A ``detached`` one is a run of a cron prompt
+    with ``overlap="allow"``: started at its nominal time (``occurrence_ms``) while the
+    schedule moved on, it is delivered under a lease of its own.
+    """
 
     prompt_id: str
     occurrence_ms: int
     trigger: bool = False
+    detached: bool = False
 
     @property
     def key(self) -> str:
-        """The idempotency key: ``{id}:{ms}`` or ``{id}:trigger:{ms}``."""
+        """The in-flight key: ``{id}:{ms}``, ``{id}:trigger:{ms}`` or ``{id}:{ms}:run``
+        (the trigger's is its idempotency key too)."""
+        if self.detached:
+            return f"{self.prompt_id}:{self.occurrence_ms}:run"
         middle = ":trigger" if self.trigger else ""
         return f"{self.prompt_id}{middle}:{self.occurrence_ms}"
 
     @classmethod
     def from_key(cls, key: str) -> Delivery:
+        if key.endswith(":run"):  # no other key ends in letters: they end in the ms
+            head, _, ms = key[: -len(":run")].rpartition(":")
+            return cls(head, int(ms), detached=True)
         head, _, ms = key.rpartition(":")
         if head.endswith(":trigger"):
             return cls(head[: -len(":trigger")], int(ms), trigger=True)
         return cls(head, int(ms))
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether this is the occurrence the record's ``next_run_at`` names (claimed
+        only while it does), not a trigger or a detached run."""
+        return not (self.trigger or self.detached)
+
+    @property
+    def lease_name(self) -> str:
+        """Whose lease a claim takes: the prompt's, or a detached run's own."""
+        return self.key if self.detached else self.prompt_id
+
+    @property
+    def task_kwargs(self) -> dict[str, bool]:
+        """What a ``deliver`` task gets besides the id and ms."""
+        if self.trigger:
+            return {"trigger": True}
+        return {"detached": True} if self.detached else {}
 
     @property
     def eta(self) -> datetime:
@@ -98,12 +129,13 @@ def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[l
     Sorted by due time, a group takes occurrences while they are due within
     ``window_ms`` of its first and it holds fewer than ``size``. A group is sent for its
     latest occurrence, so none fires early and none later than ``window_ms``. Triggers
-    (one extra delivery, sent as it is asked for) and ``size`` 1 give one group each.
+    (one extra delivery, sent as it is asked for), detached runs and ``size`` 1 give one
+    group each.
     """
     groups: list[list[Delivery]] = []
     current: list[Delivery] = []
     for d in sorted(deliveries, key=lambda d: d.occurrence_ms):
-        if d.trigger or size <= 1:
+        if not d.scheduled or size <= 1:
             groups.append([d])
             continue
         if current and (

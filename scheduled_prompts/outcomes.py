@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .models import ScheduledPrompt
+from .occurrences import Delivery
 
 
 class Outcome(StrEnum):
@@ -33,3 +34,6 @@ class Result:
     slot_ms: int | None = None
     #: LIMITED: when it was first held back (worker epoch ms); its next attempt passes it.
     limited_since_ms: int | None = None
+    #: What a retry delivers when it is not the occurrence asked for: the detached run
+    #: an ``overlap="allow"`` occurrence became when its runner call started.
+    delivery: Delivery | None = None

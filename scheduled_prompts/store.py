@@ -333,22 +333,25 @@ COMMIT = Script(
 -- occurrence's claim, in one step. Compare-and-set against the JSON the deliverer read.
 -- KEYS: ids, due, finished, open-counts, status counts, recount cursor, recount hash,
 --       inflight, metrics, delivery log, failure log, then per outcome: record, user
---       index, lease, done.
--- ARGV: delivery log length, failure log length, then per outcome 15 values: expected
+--       index, lease, done, the detached run's lease (the lease again when none).
+-- ARGV: delivery log length, failure log length, then per outcome 16 values: expected
 --       JSON, id, user_id, new JSON, due score, finished score, open delta, lease token,
---       idempotency key, done TTL ms ('' = no done marker), metrics ('' = none), stored
---       status, new status, log entry ('' = none), '1' if a failure; last, the metrics
---       fields.
+--       in-flight key, done TTL ms ('' = no done marker), metrics ('' = none), stored
+--       status, new status, log entry ('' = none), '1' if a failure, detached run (''
+--       = none, else JSON [in-flight key, deadline ms, lease ms, running zset or '']);
+--       last, the metrics fields.
 -- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
--- leaves the in-flight set, (triggers) the done marker is set, the metrics counted and
--- the step logged.
+-- leaves the in-flight set, (triggers, detached runs) the done marker is set, the
+-- metrics counted and the step logged. With a detached run (``overlap="allow"``: the
+-- record moved on as the run starts), the claim moves to it: in flight by its deadline,
+-- its lease taken with the same token, counted running for a concurrency limit.
 -- Returns per outcome 'ok' | 'changed' ('ok' too when the record already is the new
 -- JSON: a retry after a lost reply does not apply the outcome, nor count it, twice).
 local ix = index_keys(1)
 local out = {}
-for i = 1, (#KEYS - 11) / 4 do
-  local k = 11 + 4 * (i - 1)
-  local a = 2 + 15 * (i - 1)
+for i = 1, (#KEYS - 11) / 5 do
+  local k = 11 + 5 * (i - 1)
+  local a = 2 + 16 * (i - 1)
   local stored = redis.call('GET', KEYS[k + 1])
   if stored == ARGV[a + 4] then
     out[i] = 'ok'
@@ -360,6 +363,12 @@ for i = 1, (#KEYS - 11) / 4 do
     if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
     redis.call('ZREM', KEYS[8], ARGV[a + 9])
     if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
+    if ARGV[a + 16] ~= '' then
+      local run = cjson.decode(ARGV[a + 16])
+      redis.call('ZADD', KEYS[8], run[2], run[1])
+      redis.call('SET', KEYS[k + 5], ARGV[a + 8], 'PX', run[3])
+      if run[4] ~= '' then redis.call('ZADD', run[4], run[2], run[1]) end
+    end
     count(ARGV[a + 11])
     log_step(KEYS[10], KEYS[11], ARGV[a + 14], ARGV[a + 15])
     out[i] = 'ok'
@@ -378,12 +387,14 @@ CLAIM = Script(
 -- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
 -- the trigger was not delivered before - and while its platform is within its limits
 -- (``limits.py``: on Redis's clock, so one clock for every worker).
--- KEYS: inflight, metrics, then per occurrence: record, lease, done.
+-- KEYS: inflight, metrics, then per occurrence: record, lease (the prompt's, or a
+--       detached run's own), done.
 -- ARGV: token, lease ms, re-drive deadline ms, the newest schema version this code reads
 --       (it reads every version from 1 to it),
 --       platform limits (JSON {platform: [interval ms, burst tolerance ms, concurrency]},
 --       '' = none), key prefix, then per occurrence: expected next_run_at epoch ms (''
---       for a trigger), idempotency key, the rate slot it holds (ms, '' = none).
+--       for a trigger or a detached run), in-flight key, the rate slot it holds (ms,
+--       '' = none).
 -- Returns per occurrence two values: 'ok', record JSON | 'busy', lease pttl
 --   | 'wait', 'ms:slot' (over a limit: come back in ms, holding that rate slot, '' if
 --   none) | 'stale', '' | 'gone', '' | 'done', '' | 'unreadable', '' (not JSON, or
@@ -490,7 +501,10 @@ local function claim(rkey, lkey, dkey, expected, key, slot)
   end
   redis.call('SET', lkey, token, 'PX', lease)
   if limits and limits[rec.platform] and limits[rec.platform][3] > 0 then
-    redis.call('ZADD', prefix .. 'running:' .. rec.platform, now_ms(), rec.id)
+    -- The member is what follows 'lease:' in the lease key: the id, or a detached run's
+    -- key (``overlap="allow"``), so the count above finds its lease again.
+    local member = string.sub(lkey, #prefix + 7)
+    redis.call('ZADD', prefix .. 'running:' .. rec.platform, now_ms(), member)
   end
   redis.call('ZADD', inflight, deadline, key)
   return 'ok', raw

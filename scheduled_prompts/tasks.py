@@ -73,7 +73,7 @@ def publish(deliveries: Sequence[Delivery]) -> None:
             if len(group) == 1:
                 deliver.apply_async(
                     args=(last.prompt_id, last.occurrence_ms),
-                    kwargs={"trigger": True} if last.trigger else {},
+                    kwargs=last.task_kwargs,
                     eta=eta,
                     producer=producer,
                 )
@@ -95,6 +95,7 @@ def deliver(
     occurrence_ms: int,
     *,
     trigger: bool = False,
+    detached: bool = False,
     attempt: int = 1,
     coalesced_ms: int | None = None,
     slot_ms: int | None = None,
@@ -107,13 +108,13 @@ def deliver(
     Those keep their own tasks for anything but success (a failed or busy one is retried
     by its own task, which otherwise finds it done).
     """
-    delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger)
+    delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger, detached=detached)
     client, ctx = get_redis(), scope()
     try:
         others: list[Delivery] = []
         if (
             attempt == 1
-            and not trigger
+            and delivery.scheduled
             and coalesced_ms is None
             and limited_since_ms is None
             and ctx.settings.deliver_batch_size > 1
@@ -136,14 +137,12 @@ def deliver(
         log.warning("Redis unavailable delivering %s: %s", delivery.key, exc)
         raise self.retry(countdown=5, exc=exc) from exc
     if result.outcome is Outcome.RETRY:
-        kwargs = {
-            "trigger": trigger,
-            "attempt": attempt + 1,
-            "coalesced_ms": result.occurrence_ms,
-        }
-        raise self.retry(countdown=result.retry_in, kwargs=kwargs)
+        again = result.delivery or delivery
+        kwargs = {**again.task_kwargs, "attempt": attempt + 1, "coalesced_ms": result.occurrence_ms}
+        args = (again.prompt_id, again.occurrence_ms)
+        raise self.retry(args=args, countdown=result.retry_in, kwargs=kwargs)
     if result.outcome is Outcome.LIMITED:
-        kwargs = {"trigger": trigger, "attempt": attempt, "coalesced_ms": coalesced_ms}
+        kwargs = {**delivery.task_kwargs, "attempt": attempt, "coalesced_ms": coalesced_ms}
         raise self.retry(countdown=result.retry_in, kwargs=kwargs | _limited(result))
     if result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
         raise self.retry(countdown=result.retry_in)
@@ -174,7 +173,7 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
         counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
         if result.outcome is Outcome.RETRY:
             kwargs = {"attempt": 2, "coalesced_ms": result.occurrence_ms}
-            _follow_up(d, result.retry_in, kwargs)
+            _follow_up(result.delivery or d, result.retry_in, kwargs)
         elif result.outcome is Outcome.LIMITED:
             _follow_up(d, result.retry_in, _limited(result))
         elif result.outcome in (Outcome.BUSY, Outcome.DEFERRED):
@@ -184,7 +183,11 @@ def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
 
 def _follow_up(d: Delivery, countdown: float, kwargs: dict[str, Any]) -> None:
     def send(_: Sequence[Delivery]) -> None:
-        deliver.apply_async(args=(d.prompt_id, d.occurrence_ms), kwargs=kwargs, countdown=countdown)
+        deliver.apply_async(
+            args=(d.prompt_id, d.occurrence_ms),
+            kwargs={**d.task_kwargs, **kwargs},
+            countdown=countdown,
+        )
 
     hand_over(send, [d])  # if the broker refuses it, it is still in flight: tick re-drives it
 

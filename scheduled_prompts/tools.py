@@ -31,7 +31,7 @@ from .errors import (
     QuotaExceeded,
     StoreUnavailable,
 )
-from .models import ScheduledPrompt, Status
+from .models import Overlap, ScheduledPrompt, Status
 from .plans import Plan
 from .schedules import get_zone, parse_cron
 from .settings import Settings, get_settings
@@ -128,6 +128,14 @@ def _schemas(settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
                         "description": "Optional: fire up to this many seconds after each "
                         "scheduled time, always the same offset for this prompt (spreads "
                         "load, e.g. 300 for a daily digest). Below the cron interval.",
+                    },
+                    "overlap": {
+                        "type": "string",
+                        "enum": ["skip", "buffer_one", "allow"],
+                        "description": "With `cron`, for long runs: what happens when a run "
+                        "comes due while the previous one is still going on. 'skip' "
+                        "(default) drops it, 'buffer_one' runs it once the previous ends, "
+                        "'allow' runs it at the same time.",
                     },
                 },
                 "required": ["prompt"],
@@ -371,7 +379,7 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
             "give exactly one of at (ISO-8601 time), delay_seconds (seconds from now) or "
             f"cron (5-field expression); got {', '.join(given) or 'none'}"
         )
-    for bound in ("end_at", "max_runs"):
+    for bound in ("end_at", "max_runs", "overlap"):
         if bound in args and "cron" not in args:
             raise ToolError(f"{bound} only applies to a repeating prompt (cron)")
     timezone = args.get("timezone", ctx.timezone)
@@ -389,7 +397,12 @@ def _schedule(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Han
     if "cron" in args:
         schedule = parse_cron(args["cron"], timezone)
         _check_interval(schedule.iter_after(now), settings)
-        spec.update(cron=args["cron"], end_at=args.get("end_at"), max_runs=args.get("max_runs"))
+        spec.update(
+            cron=args["cron"],
+            end_at=args.get("end_at"),
+            max_runs=args.get("max_runs"),
+            overlap=args.get("overlap"),
+        )
     elif "at" in args:
         spec["at"] = args["at"]
     else:
@@ -524,8 +537,12 @@ def describe(record: ScheduledPrompt, ctx: ToolContext, now: datetime) -> dict[s
         out["next_run"] = _human(record.next_run_at, zone, now)
     if record.jitter_seconds is not None:
         out["jitter_seconds"] = record.jitter_seconds
+    if record.overlap is not Overlap.SKIP:
+        out["overlap"] = record.overlap.value
     if record.run_count:
         out["run_count"] = record.run_count
+    if record.skipped_runs:
+        out["skipped_runs"] = record.skipped_runs
     return out
 
 

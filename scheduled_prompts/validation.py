@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from .errors import InvalidSchedule
 from .ids import new_prompt_ids
-from .models import Kind, ScheduledPrompt, Status, make_record
+from .models import Kind, Overlap, ScheduledPrompt, Status, make_record
 from .schedules import (
     CronSchedule,
     check_jitter,
@@ -47,6 +47,7 @@ SCHEDULE_ARGS = (
     "misfire_grace_seconds",
     "metadata",
     "jitter_seconds",
+    "overlap",
     "prompt_id",
 )
 #: Keyword arguments ``update_prompt`` accepts: all but the identity of the prompt.
@@ -169,6 +170,22 @@ def check_grace(value: object) -> float | None:
     return float(value)
 
 
+def check_overlap(value: object, kind: Kind) -> Overlap:
+    """``overlap`` as an :class:`Overlap` (None: the default, ``skip``); a cron prompt's
+    setting only."""
+    if value is None:
+        return Overlap.SKIP
+    accepted = ", ".join(repr(o.value) for o in Overlap)
+    if not isinstance(value, str) or value not in {o.value for o in Overlap}:
+        raise InvalidSchedule(f"overlap must be one of {accepted} (or None), got {value!r}")
+    if kind is not Kind.CRON:
+        raise InvalidSchedule(
+            f"overlap only applies to a repeating prompt (cron), got overlap={value!r} "
+            "on a one-time prompt"
+        )
+    return Overlap(value)
+
+
 def _check_bound(name: str, value: object, schedule_tz: str) -> datetime | None:
     return None if value is None else parse_instant(name, value, get_zone(schedule_tz))
 
@@ -250,6 +267,7 @@ def build_prompt(
     settings: Settings,
     fresh_id: str | None = None,
     jitter_seconds: object = None,
+    overlap: object = None,
 ) -> ScheduledPrompt:
     """Validate a create request and return the new record (version 1).
 
@@ -264,6 +282,7 @@ def build_prompt(
     meta = check_metadata(metadata, settings)
     resolved = resolve_schedule(schedule, now)
     jitter = check_jitter(jitter_seconds, resolved.cron, now)
+    policy = check_overlap(overlap, resolved.kind)
     offset = jitter_offset(pid, jitter)
     assert resolved.next_run_at is not None
     fire: datetime | None = resolved.next_run_at + offset
@@ -295,6 +314,7 @@ def build_prompt(
             "misfire_grace_seconds": grace,
             "metadata": meta,
             "jitter_seconds": jitter,
+            "overlap": policy,
         }
     )
 
@@ -311,12 +331,14 @@ def same_request(existing: ScheduledPrompt, new: ScheduledPrompt, req: ScheduleR
         existing.platform,
         existing.channel_id,
         existing.jitter_seconds,
+        existing.overlap,
     ) != (
         new.prompt,
         new.user_id,
         new.platform,
         new.channel_id,
         new.jitter_seconds,
+        new.overlap,
     ) or existing.kind is not new.kind:
         return False
     if req.at is not None and existing.schedule_time != new.schedule_time:
@@ -353,6 +375,11 @@ def apply_update(
     if schedule_keys & set(changes) or "jitter_seconds" in changes:
         jitter = changes.get("jitter_seconds", record.jitter_seconds)
         new.update(_rejitter(record, new, jitter, now))
+    kind = new.get("kind", record.kind)
+    if "overlap" in changes:
+        new["overlap"] = check_overlap(changes["overlap"], kind)
+    elif kind is not Kind.CRON:
+        new["overlap"] = Overlap.SKIP  # a prompt made one-time drops its cron setting
     new = {k: v for k, v in new.items() if getattr(record, k) != v}
     if not new:
         return record
@@ -451,5 +478,6 @@ def build_from_spec(
         settings=settings,
         fresh_id=fresh_id,
         jitter_seconds=spec.get("jitter_seconds"),
+        overlap=spec.get("overlap"),
     )
     return record, req

@@ -17,7 +17,7 @@ import scheduled_prompts as sp
 from scheduled_prompts import ids, store
 from scheduled_prompts.connection import get_redis
 from scheduled_prompts.keys import Keys
-from scheduled_prompts.models import _COMPACT, SCHEMA_VERSION, ScheduledPrompt
+from scheduled_prompts.models import _COMPACT, SCHEMA_VERSION, Overlap, ScheduledPrompt
 
 K = Keys("sp")
 _STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -51,13 +51,15 @@ def as_dict_json(record: ScheduledPrompt) -> str:
         value = field_value
         if value is None or value == {"timezone": "UTC", "metadata": {}}.get(name, object()):
             continue
-        if name in {"run_count", "failure_count", "trigger_count"} and value == 0:
+        if name in {"run_count", "failure_count", "trigger_count", "skipped_runs"} and value == 0:
+            continue
+        if name == "overlap" and value == "skip":
             continue
         if name == "version" and value == 1:
             continue
         if isinstance(value, datetime):
             value = round(value.timestamp() * 1000)
-        data[name] = value.value if name in {"kind", "status"} else value
+        data[name] = value.value if name in {"kind", "status", "overlap"} else value
     order = ["schema", *(f for f in ScheduledPrompt.__dataclass_fields__ if f in data)]
     return _COMPACT.encode({k: data[k] for k in order})
 
@@ -73,9 +75,15 @@ texts = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size
     meta=st.dictionaries(texts, st.integers() | texts | st.booleans(), max_size=3),
     grace=st.none() | st.floats(0, 1e6),
     runs=st.integers(0, 5),
+    overlap=st.sampled_from(list(Overlap)),
 )
 def test_to_json_writes_what_the_dict_encoder_writes(
-    prompt: str, channel: str | None, meta: dict[str, Any], grace: float | None, runs: int
+    prompt: str,
+    channel: str | None,
+    meta: dict[str, Any],
+    grace: float | None,
+    runs: int,
+    overlap: Overlap,
 ) -> None:
     now = datetime(2026, 3, 8, 7, 0, 0, 123_000, tzinfo=UTC)
     record = ScheduledPrompt(
@@ -92,6 +100,8 @@ def test_to_json_writes_what_the_dict_encoder_writes(
         timezone="Europe/Paris",
         next_run_at=now + timedelta(days=1),
         run_count=runs,
+        skipped_runs=runs,
+        overlap=overlap,
         misfire_grace_seconds=grace,
         metadata=meta,
     )

@@ -44,7 +44,7 @@ SPEC_FIELDS = [
     "version",
 ]
 # Fields beyond SPEC §2 (documented in docs/design.md).
-EXTRA_FIELDS = ["trigger_count", "jitter_seconds"]
+EXTRA_FIELDS = ["trigger_count", "jitter_seconds", "overlap", "skipped_runs"]
 
 DATETIME_FIELDS = [
     "schedule_time",
@@ -327,6 +327,8 @@ STORED_DEFAULTS = {
     "run_count": 0,
     "failure_count": 0,
     "trigger_count": 0,
+    "overlap": "skip",
+    "skipped_runs": 0,
     "metadata": {},
     "version": 1,
 }
@@ -343,7 +345,14 @@ def test_to_json_leaves_out_none_and_default_fields_and_stores_epoch_ms() -> Non
     at_default = {
         name for name, default in STORED_DEFAULTS.items() if getattr(prompt, name) == default
     }
-    assert at_default == {"run_count", "failure_count", "trigger_count", "version"}
+    assert at_default == {
+        "run_count",
+        "failure_count",
+        "trigger_count",
+        "version",
+        "overlap",
+        "skipped_runs",
+    }
     assert not at_default & set(data)
     assert ScheduledPrompt.from_json(prompt.to_json()) == prompt
 

@@ -143,7 +143,8 @@ def test_arguments_named_in_spec_are_the_schema_properties() -> None:
         "timezone",
         "end_at",
         "max_runs",
-        "jitter_seconds",  # beyond SPEC §6: the delivery-policies issue adds it
+        "jitter_seconds",  # beyond SPEC §6: the delivery-policies issue adds both
+        "overlap",
     }
     assert tools["schedule_prompt"]["schema"]["required"] == ["prompt"]
     assert props["list_scheduled_prompts"] == {"status"}

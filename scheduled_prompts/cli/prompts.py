@@ -12,7 +12,7 @@ import click
 from .. import api
 from .._time import utcnow
 from ..display import clip, local_text, utc_text
-from ..models import ScheduledPrompt, Status
+from ..models import Overlap, ScheduledPrompt, Status
 from ..schedules import localize, parse_cron, preview_schedule
 from .common import (
     CliError,
@@ -51,6 +51,12 @@ commands = Commands()
     type=float,
     metavar="SECONDS",
     help="Fire each occurrence a fixed offset (from the id) in [0, SECONDS) after its time.",
+)
+@click.option(
+    "--overlap",
+    type=click.Choice([o.value for o in Overlap]),
+    help="Cron: an occurrence due while the previous run still goes on is skipped "
+    "(default), buffered (buffer_one: the latest, once it ends) or run alongside (allow).",
 )
 @click.option("--metadata", metavar="JSON", help="A JSON object stored with the prompt.")
 @click.option("--id", "prompt_id", help="Your own id: makes the command idempotent.")

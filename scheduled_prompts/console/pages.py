@@ -204,6 +204,7 @@ def _delivery(e: history.Entry, zone: str) -> dict[str, Any]:
         "lateness": seconds_text(e.lateness),
         "runner": seconds_text(e.runner_seconds),
         "error": e.error or "",
+        "skipped": e.skipped,
     }
 
 
