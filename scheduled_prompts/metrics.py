@@ -209,7 +209,9 @@ def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
     overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
     first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
     members = yield store.Command(("ZRANGE", keys.inflight, 0, -1))
-    handed = [Delivery.from_key(store.as_text(m)).occurrence_ms for m in members]
+    # A detached run (``overlap="allow"``) started already: it is running, not overdue.
+    flights = (Delivery.from_key(store.as_text(m)) for m in members)
+    handed = [d.occurrence_ms for d in flights if not d.detached]
     past = [ms for ms in handed if ms <= now_ms]
     oldest = [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
     beat = yield store.Command(("GET", keys.beat))

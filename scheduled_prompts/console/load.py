@@ -92,7 +92,7 @@ def window(ctx: Scope, now: datetime) -> Plan[Window]:
     read = in_flight <= EXPAND_LIMIT and due_total + in_flight <= EXPAND_LIMIT
     cron: list[ScheduledPrompt] = []
     if read:
-        ids = [d.prompt_id for d in flights if not d.trigger]
+        ids = [d.prompt_id for d in flights if d.scheduled]
         if due_total:
             found = yield store.Command(
                 ("ZRANGEBYSCORE", due, edges[0], f"({edges[-1]}", "LIMIT", 0, EXPAND_LIMIT)
