@@ -9,18 +9,21 @@ runners take (to renew what is still to run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import secrets
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
 
 from . import history, store
-from ._time import to_ms
+from ._time import to_ms, utcnow
 from .metrics import Batch, Observation
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
 from .occurrences import Delivery, redrive_delay
@@ -46,7 +49,13 @@ Change = Callable[[ScheduledPrompt], ScheduledPrompt]
 
 
 class Claims:
-    """The claims of one delivery task (one token for all of them)."""
+    """The claims of one delivery task (one token for all of them).
+
+    While :meth:`kept`, a thread renews every claim still held each half lease, so a
+    runner call of any length keeps its claim (and the batch's other claims theirs);
+    between runner calls the deliverer renews them too (``renewal_due``). A claim lost
+    at a renewal (it had expired: another deliverer may hold it) is in :attr:`lost`.
+    """
 
     def __init__(self, client: redis.Redis, ctx: Scope) -> None:
         self.client = client
@@ -54,6 +63,10 @@ class Claims:
         self.token = secrets.token_hex(8)
         self.lease_ms = int(ctx.settings.lease_seconds * 1000)
         self._renewed = time.monotonic()
+        self._held: dict[str, Claimed] = {}
+        self._guard = threading.Lock()
+        #: Keys of claims found lost at a renewal: not to be delivered by this task.
+        self.lost: set[str] = set()
         settings = ctx.settings
         self._log_lengths = [settings.delivery_log_length, settings.failure_log_length]
 
@@ -86,7 +99,33 @@ class Claims:
         for i, d in enumerate(deliveries):
             state, detail = store.as_text(rows[2 * i]), store.as_text(rows[2 * i + 1])
             out.append(self._read(d, state, detail))
+        self._hold(*(c for c in out if isinstance(c, Claimed)))
         return out
+
+    def _hold(self, *claims: Claimed) -> None:
+        with self._guard:
+            self._held.update((c.delivery.key, c) for c in claims)
+
+    def _drop(self, *keys: str) -> None:
+        with self._guard:
+            for key in keys:
+                self._held.pop(key, None)
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """Keep every claim still held renewed, from a thread, until the block ends."""
+        _keeper.watch(self)
+        try:
+            yield
+        finally:
+            _keeper.unwatch(self)
+
+    def renew_held(self) -> None:
+        """Renew every claim still held (the keeper thread's call)."""
+        with self._guard:
+            held = list(self._held.values())
+        if held:
+            self.renew(held)
 
     def _read(self, d: Delivery, state: str, detail: str) -> Result | Claimed:
         rkey = self.ctx.keys.prompt(d.prompt_id)
@@ -121,13 +160,19 @@ class Claims:
         return time.monotonic() - self._renewed >= self.ctx.settings.lease_seconds / 2
 
     def renew(self, held: Sequence[Claimed]) -> list[bool]:
-        """Renew the leases of ``held``; returns, per claim, whether it is still ours (a
-        lease that ran out may be another deliverer's now: that occurrence must not be
-        delivered by this task)."""
-        keys = [self.ctx.keys.lease(c.delivery.lease_name) for c in held]
-        renewed = store.Eval(store.RENEW, keys, [self.token, self.lease_ms]).run(self.client)
+        """Renew the leases of ``held`` and move their re-drive deadlines; returns, per
+        claim, whether it is still ours (a lease that ran out may be another deliverer's
+        now: that occurrence must not be delivered by this task, and is in ``lost``)."""
+        keys = self.ctx.keys
+        leases = [keys.lease(c.delivery.lease_name) for c in held]
+        deadline = to_ms(utcnow()) + redrive_delay(self.ctx)
+        args: list[str | int] = [self.token, self.lease_ms, deadline]
+        args += [c.delivery.key for c in held]
+        renewed = store.Eval(store.RENEW, [keys.inflight, *leases], args).run(self.client)
         self._renewed = time.monotonic()
-        return [bool(int(r)) for r in renewed]
+        ours = [bool(int(r)) for r in renewed]
+        self.lost |= {c.delivery.key for c, ok in zip(held, ours, strict=True) if not ok}
+        return ours
 
     def release(
         self,
@@ -139,6 +184,7 @@ class Claims:
     ) -> None:
         """End a claim without committing: retry later (``retry_at``) or leave it to
         re-drive; ``counted`` is what the step adds to the metrics (a retry)."""
+        self._drop(d.key)
         deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(self.ctx)
         keys = self.ctx.keys
         batch = Batch()
@@ -240,6 +286,7 @@ class Claims:
                 if store.as_text(reply) == "ok":
                     results[i] = new
                     settled.add(i)
+                    self._drop(changes[i][0].delivery.key)
                 else:
                     raws[i] = None
         left = ", ".join(c.delivery.key for i, (c, _) in enumerate(changes) if i not in settled)
@@ -280,7 +327,10 @@ class Claims:
         if store.as_text(reply[0]) != "ok":
             self.release(d, None)
             return None
-        return Claimed(run, new, raw)
+        started = Claimed(run, new, raw)
+        self._drop(d.key)
+        self._hold(started)
+        return started
 
     def _commit_keys(self) -> list[str]:
         """COMMIT's keys before the per-outcome ones."""
@@ -321,3 +371,49 @@ class Claims:
                  done_ttl, batch.step(step), record.status.value, new.status.value, entry,
                  failed, detach]  # fmt: skip
         return raw_new
+
+
+class _Keeper:
+    """One thread per process that renews the claims of deliveries in progress each half
+    lease (of real time: the clock tests move by hand does not reach it)."""
+
+    #: How often the thread looks at what it keeps.
+    TICK = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[Claims, float] = {}
+        self._pid = 0
+
+    def watch(self, claims: Claims) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this process (or a forked child)
+                self._pid = os.getpid()
+                self._due = {}
+                thread = threading.Thread(target=self._run, name="sp-lease-keeper", daemon=True)
+                thread.start()
+            self._due[claims] = _real_monotonic() + claims.ctx.settings.lease_seconds / 2
+
+    def unwatch(self, claims: Claims) -> None:
+        with self._lock:
+            self._due.pop(claims, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = _real_monotonic()
+            with self._lock:
+                due = [c for c, at in self._due.items() if at <= now]
+            for claims in due:
+                try:
+                    claims.renew_held()
+                except Exception as exc:  # Redis away: the next tick tries again
+                    log.warning("could not renew the leases of a delivery in progress: %s", exc)
+                    continue
+                with self._lock:
+                    if claims in self._due:
+                        self._due[claims] = now + claims.ctx.settings.lease_seconds / 2
+
+
+_real_monotonic = time.monotonic
+_keeper = _Keeper()

@@ -210,9 +210,34 @@ def _deliver(
         for r in taken
     ]
     held = [(i, c) for i, c in enumerate(taken) if isinstance(c, Claimed)]
+    with claims.kept():
+        _run_held(
+            claims,
+            held,
+            results,
+            attempt=attempt,
+            coalesced_ms=coalesced_ms,
+            fixed_now=fixed_now,
+            stopping=stopping,
+            waiting=waiting,
+        )
+    return [r if r is not None else Result(Outcome.SKIPPED) for r in results]
+
+
+def _run_held(
+    claims: Claims,
+    held: list[tuple[int, Claimed]],
+    results: list[Result | None],
+    *,
+    attempt: int,
+    coalesced_ms: int | None,
+    fixed_now: datetime | None,
+    stopping: Callable[[], bool] | None,
+    waiting: Waiting,
+) -> None:
+    """Run the claimed occurrences one after the other, committing as they finish."""
     pending: list[tuple[int, Claimed, Change, Result, Observation]] = []
     oldest = last_call = 0.0
-    lost: set[str] = set()
     for n, (i, claimed) in enumerate(held):
         if stopping is not None and stopping():
             for j, rest in held[n:]:
@@ -226,10 +251,8 @@ def _deliver(
         # Runners may take long: keep the leases of what is still to run or to commit;
         # one that ran out (another deliverer may hold it now) is not delivered here.
         if claims.renewal_due:
-            still = [c for _, c in held[n:]] + [c for _, c, _, _, _ in pending]
-            renewed = claims.renew(still)
-            lost |= {c.delivery.key for c, ok in zip(still, renewed, strict=True) if not ok}
-        if claimed.delivery.key in lost:
+            claims.renew([c for _, c in held[n:]] + [c for _, c, _, _, _ in pending])
+        if claimed.delivery.key in claims.lost:
             log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
             results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")
             continue
@@ -252,7 +275,6 @@ def _deliver(
             oldest = time.monotonic()
         pending.append((i, *step))
     _commit(claims, pending, results)
-    return [r if r is not None else Result(Outcome.SKIPPED) for r in results]
 
 
 def _commit(

@@ -523,14 +523,18 @@ return out
 
 RENEW = Script(
     """
--- Extends the leases still held with ARGV[1] (a batch whose runners take a while keeps
--- its later occurrences claimed). KEYS: lease keys. ARGV: token, lease ms.
--- Returns per key 1 (renewed) or 0 (lost: it expired, another deliverer may hold it).
+-- Extends the leases still held with ARGV[1] (a long runner call, and a batch's later
+-- occurrences, stay claimed) and moves their re-drive deadlines (so a delivery still in
+-- progress is not re-driven; only ever later). KEYS: inflight, then the lease keys.
+-- ARGV: token, lease ms, re-drive deadline ms, then per lease its in-flight key.
+-- Returns per lease 1 (renewed) or 0 (lost: it expired, another deliverer may hold it).
 local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2]); out[i] = 1
-  else out[i] = 0 end
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[3], ARGV[i + 2])
+    out[i - 1] = 1
+  else out[i - 1] = 0 end
 end
 return out
 """

@@ -9,6 +9,7 @@ race it.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ import redis
 
 import scheduled_prompts as sp
 from scheduled_prompts import api, engine, metrics
+from scheduled_prompts import claims as claims_module
 from scheduled_prompts._time import from_iso, to_ms, utcnow
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.errors import DeliveryError, InvalidSchedule
@@ -393,3 +395,44 @@ def get_prompt_overlap(prompt_id: str) -> Overlap:
     found = sp.get_prompt(prompt_id)
     assert found is not None
     return found.overlap
+
+
+# --- long runs keep their claim ---------------------------------------------------------
+
+
+def test_a_runner_call_longer_than_the_lease_keeps_its_claim_and_is_not_re_driven(
+    redis_url: str, runner: Runner, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = 6.0
+    sp.configure(redis_url=redis_url, lease_seconds=lease)
+    p = sp.schedule_prompt("a long agent run", user_id="u", platform="tg", delay=3600)
+    assert p.next_run_at is not None
+    keys = scope().keys
+    renewed = threading.Event()
+    original = claims_module.Claims.renew_held
+
+    def spy(self: claims_module.Claims) -> None:
+        original(self)
+        renewed.set()
+
+    monkeypatch.setattr(claims_module.Claims, "renew_held", spy)
+    seen: dict[str, Any] = {}
+
+    def long_call(_: dict[str, Any]) -> None:
+        claimed_deadline = r.zscore(keys.inflight, f"{p.id}:{to_ms(p.next_run_at)}")
+        # The keeper renews the claim half a lease into the call (a lease of real time).
+        assert renewed.wait(4 * lease), "no renewal while the runner ran"
+        seen["ttl"] = r.pttl(keys.lease(p.id))
+        seen["moved"] = r.zscore(keys.inflight, f"{p.id}:{to_ms(p.next_run_at)}")
+        seen["claimed"] = claimed_deadline
+        # Another deliverer (a re-drive) finds the prompt busy, not free to run again.
+        other = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(p.next_run_at)))
+        seen["other"] = other.outcome
+
+    runner.during = long_call
+    result = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(p.next_run_at)))
+    assert result.outcome is Outcome.DELIVERED
+    assert seen["ttl"] > lease * 1000 / 2  # renewed: more than half a lease left
+    assert seen["moved"] > seen["claimed"]  # the re-drive deadline moved with it
+    assert seen["other"] is Outcome.BUSY
+    assert len(runner.calls) == 1 and get(p).status.value == "executed"
