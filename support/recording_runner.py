@@ -1,8 +1,10 @@
 """A runner for end-to-end tests: appends one JSON line per call to a file.
 
 ``SP_TEST_RECORD_FILE`` names the file; ``SP_TEST_RUNNER_SLEEP`` (seconds) makes each
-call take that long, so a test can kill a worker while deliveries are in flight. Each
-call writes a ``start`` line before the pause and an ``end`` line after it.
+call take that long, so a test can kill a worker while deliveries are in flight;
+``SP_TEST_HOLD_FIRST_RUN`` (seconds) makes a prompt's first run last until that long
+after its occurrence (a run that overlaps the next ones). Each call writes a ``start``
+line before the pause and an ``end`` line after it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 
@@ -38,7 +41,11 @@ class RecordingRunner:
     def handle_webhook(self, payload: dict[str, Any]) -> None:
         _append("start", payload)
         pause = float(os.environ.get("SP_TEST_RUNNER_SLEEP", "0"))
-        if pause:
+        hold = float(os.environ.get("SP_TEST_HOLD_FIRST_RUN", "0"))
+        if hold and payload["run_number"] == 1:
+            until = datetime.fromisoformat(payload["occurrence"]).timestamp() + hold
+            pause = max(pause, until - time.time())
+        if pause > 0:
             time.sleep(pause)
         _append("end", payload)
 

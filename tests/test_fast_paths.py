@@ -78,6 +78,7 @@ texts = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size
     overlap=st.sampled_from(list(Overlap)),
 )
 def test_to_json_writes_what_the_dict_encoder_writes(
+    *,
     prompt: str,
     channel: str | None,
     meta: dict[str, Any],

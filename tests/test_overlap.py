@@ -276,9 +276,7 @@ def test_an_allow_run_whose_worker_died_is_re_driven_once_with_the_same_key(
     assert run_key not in r.zrange(keys.inflight, 0, -1)  # (the tick promoted the next)
 
 
-def test_an_allow_run_that_fails_is_retried_as_the_same_run(
-    clock: Clock, runner: Runner
-) -> None:
+def test_an_allow_run_that_fails_is_retried_as_the_same_run(clock: Clock, runner: Runner) -> None:
     p = schedule(overlap="allow")
     first = p.next_run_at
     assert first is not None
@@ -382,7 +380,7 @@ def test_the_stored_form_leaves_out_the_default_and_old_records_read_as_skip(
 
 def test_the_tool_takes_overlap_for_a_cron_prompt_only(redis_url: str) -> None:
     ctx = ToolContext(user_id="u", platform="tg")
-    args = {"prompt": "status", "cron": "0 * * * *", "overlap": "buffer_one"}
+    args: dict[str, Any] = {"prompt": "status", "cron": "0 * * * *", "overlap": "buffer_one"}
     made = json.loads(handle_tool_call("schedule_prompt", args, context=ctx))
     assert made["overlap"] == "buffer_one"
     assert get_prompt_overlap(made["prompt_id"]) is Overlap.BUFFER_ONE
@@ -407,6 +405,7 @@ def test_a_runner_call_longer_than_the_lease_keeps_its_claim_and_is_not_re_drive
     sp.configure(redis_url=redis_url, lease_seconds=lease)
     p = sp.schedule_prompt("a long agent run", user_id="u", platform="tg", delay=3600)
     assert p.next_run_at is not None
+    occurrence = Delivery(p.id, to_ms(p.next_run_at))
     keys = scope().keys
     renewed = threading.Event()
     original = claims_module.Claims.renew_held
@@ -419,18 +418,18 @@ def test_a_runner_call_longer_than_the_lease_keeps_its_claim_and_is_not_re_drive
     seen: dict[str, Any] = {}
 
     def long_call(_: dict[str, Any]) -> None:
-        claimed_deadline = r.zscore(keys.inflight, f"{p.id}:{to_ms(p.next_run_at)}")
+        claimed_deadline = r.zscore(keys.inflight, occurrence.key)
         # The keeper renews the claim half a lease into the call (a lease of real time).
         assert renewed.wait(4 * lease), "no renewal while the runner ran"
         seen["ttl"] = r.pttl(keys.lease(p.id))
-        seen["moved"] = r.zscore(keys.inflight, f"{p.id}:{to_ms(p.next_run_at)}")
+        seen["moved"] = r.zscore(keys.inflight, occurrence.key)
         seen["claimed"] = claimed_deadline
         # Another deliverer (a re-drive) finds the prompt busy, not free to run again.
-        other = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(p.next_run_at)))
+        other = engine.deliver(get_redis(), scope(), occurrence)
         seen["other"] = other.outcome
 
     runner.during = long_call
-    result = engine.deliver(get_redis(), scope(), Delivery(p.id, to_ms(p.next_run_at)))
+    result = engine.deliver(get_redis(), scope(), occurrence)
     assert result.outcome is Outcome.DELIVERED
     assert seen["ttl"] > lease * 1000 / 2  # renewed: more than half a lease left
     assert seen["moved"] > seen["claimed"]  # the re-drive deadline moved with it

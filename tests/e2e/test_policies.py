@@ -4,7 +4,7 @@ worker processes, over-limit occurrences wait and all arrive, other platforms go
 from __future__ import annotations
 
 import bisect
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -48,5 +48,60 @@ def test_a_rate_limited_platform_spreads_its_burst_and_others_go_on(tmp_path: Pa
         # Waiting is neither a failure nor a retry: every record executed on its first try.
         assert {c["attempt"] for c in calls} == {1}
         assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in made)  # type: ignore[union-attr]
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(420)
+def test_overlap_policies_with_runs_longer_than_the_schedules_interval(tmp_path: Path) -> None:
+    """Every-minute prompts whose first run lasts until 65 s after its occurrence: the
+    next occurrence comes due while it runs, on workers whose lease is 5 s."""
+    hold = 65
+    cluster = Cluster(tmp_path, deliver_batch_size=1, env={"SP_TEST_HOLD_FIRST_RUN": str(hold)})
+    try:
+        cluster.worker("w1", concurrency=5)
+        cluster.beat()
+        made = {
+            overlap: sp.schedule_prompt(
+                f"status ({overlap})", user_id="u", platform="tg", cron="* * * * *",
+                overlap=overlap,
+            )
+            for overlap in ("skip", "buffer_one", "allow")
+        }  # fmt: skip
+        first = {o: p.next_run_at for o, p in made.items()}
+        assert len(set(first.values())) == 1
+        (at,) = set(first.values())
+        assert at is not None
+        second, third = at + timedelta(minutes=1), at + timedelta(minutes=2)
+
+        def key(overlap: str, when: datetime) -> str:
+            return f"{made[overlap].id}:{to_ms(when)}"
+
+        def moved_on(overlap: str) -> bool:
+            p = sp.get_prompt(made[overlap].id)
+            return p is not None and p.next_run_at == third
+
+        wanted = {key("skip", at), key("buffer_one", at), key("buffer_one", second),
+                  key("allow", at), key("allow", second)}  # fmt: skip
+        cluster.wait_for_keys(wanted, timeout=200)
+        cluster.wait_until(lambda: all(moved_on(o) for o in made), 30, "records moved on")
+        assert not cluster.duplicates()
+        starts = {c["key"]: c for c in cluster.calls("start")}
+        ends = {c["key"]: c for c in cluster.calls("end")}
+        # skip: the occurrence due during the run is not delivered, and is counted.
+        assert key("skip", second) not in starts
+        skipped = sp.get_prompt(made["skip"].id)
+        assert skipped is not None and skipped.skipped_runs == 1 and skipped.run_count == 1
+        # buffer_one: it is delivered once the first run has ended.
+        assert starts[key("buffer_one", second)]["at"] >= ends[key("buffer_one", at)]["at"]
+        buffered = sp.get_prompt(made["buffer_one"].id)
+        assert buffered is not None and buffered.skipped_runs == 0 and buffered.run_count == 2
+        # allow: on time, while the first run still went on.
+        assert starts[key("allow", second)]["at"] < ends[key("allow", at)]["at"]
+        assert starts[key("allow", second)]["lateness"] < 10
+        allowed = sp.get_prompt(made["allow"].id)
+        assert allowed is not None and allowed.run_count == 2
+        # The long runs kept their claims (5 s leases, renewed): each started once.
+        assert {c["attempt"] for c in cluster.calls()} == {1}
     finally:
         cluster.close()
