@@ -435,3 +435,28 @@ def test_a_runner_call_longer_than_the_lease_keeps_its_claim_and_is_not_re_drive
     assert seen["moved"] > seen["claimed"]  # the re-drive deadline moved with it
     assert seen["other"] is Outcome.BUSY
     assert len(runner.calls) == 1 and get(p).status.value == "executed"
+
+
+def test_in_a_batch_an_allow_run_that_fails_is_handed_back_as_its_detached_run(
+    clock: Clock, runner: Runner, r: redis.Redis
+) -> None:
+    a, b = schedule(overlap="allow"), schedule(overlap="allow")
+    at = a.next_run_at
+    assert at is not None and b.next_run_at == at
+
+    def flaky(payload: dict[str, Any]) -> None:
+        if payload["prompt_id"] == a.id:
+            raise DeliveryError("timeout talking to the model")
+
+    runner.during = flaky
+    clock.now = at
+    results = engine.deliver_many(
+        get_redis(), scope(), [Delivery(a.id, to_ms(at)), Delivery(b.id, to_ms(at))]
+    )
+    assert [x.outcome for x in results] == [Outcome.RETRY, Outcome.DELIVERED]
+    assert results[0].delivery == Delivery(a.id, to_ms(at), detached=True)
+    assert results[1].delivery is None
+    # The failed run waits in flight (for its retry) under its own key; both schedules
+    # moved on as their runs started.
+    assert f"{a.id}:{to_ms(at)}:run" in r.zrange(scope().keys.inflight, 0, -1)
+    assert get(a).next_run_at == get(b).next_run_at == at + 5 * MINUTE

@@ -228,3 +228,26 @@ def test_beat_runs_cleanup_hourly_with_the_cleanup_days_setting(days: int) -> No
     assert entry["schedule"] == timedelta(hours=1)
     assert entry["kwargs"] == {"days_to_keep": days}
     assert not entry.get("args")
+
+
+def test_an_allow_run_that_fails_is_retried_by_the_task_as_its_detached_run(
+    redis_url: str, retries: Retries
+) -> None:
+    p = sp.schedule_prompt(
+        "status", user_id="u1", platform="tg", cron="*/5 * * * *", overlap="allow"
+    )
+    assert p.next_run_at is not None
+    ms = to_ms(p.next_run_at)
+    runner = Flaky(failures=1)
+    sp.set_bot_runner(runner)
+    assert tasks.deliver.apply(args=(p.id, ms)).get() == "delivered"
+    # The retry delivers the run the occurrence became when it started, same key.
+    (retry,) = retries.seen
+    assert tuple(retry.sig.args) == (p.id, ms)  # type: ignore[union-attr]
+    assert retry.sig.kwargs["detached"] is True  # type: ignore[union-attr]
+    assert [c["idempotency_key"] for c in runner.calls] == [f"{p.id}:{ms}"] * 2
+    done = get(p)
+    assert done.run_count == 1 and done.failure_count == 0
+    assert done.next_run_at is not None and to_ms(done.next_run_at) == ms + 300_000
+    # A duplicate of the retried message finds the run done.
+    assert tasks.deliver.apply(args=(p.id, ms), kwargs={"detached": True}).get() == "skipped"
