@@ -156,6 +156,17 @@ def test_add_cron_in_timezone_with_bounds(redis_url: str) -> None:
     assert data == stored(data["id"])
 
 
+def test_add_cron_with_an_overlap_policy_and_a_one_time_prompt_refusing_one(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ok_json(*ADD, "--cron", "*/5 * * * *", "--overlap", "buffer_one")
+    assert data["overlap"] == "buffer_one" and data["skipped_runs"] == 0
+    assert data == stored(data["id"])
+    message = assert_one_error_line(*run_main(capsys, *ADD, "--delay", "60", "--overlap", "allow"))
+    assert "only applies to a repeating prompt" in message
+    assert len(get_redis().keys("sp:prompt:*")) == 1  # the refused one wrote nothing
+
+
 def test_add_metadata_json_object_is_stored(redis_url: str) -> None:
     meta = {"source": "cli", "n": 3, "tags": ["a", "b"], "nested": {"ok": True}}
     data = ok_json(*ADD, "--delay", "3600", "--metadata", json.dumps(meta))
