@@ -13,7 +13,9 @@ key                        type     holds
 ``P:finished``             zset     terminal prompts, scored by finish time (epoch ms)
 ``P:inflight``             zset     occurrences handed to Celery, by re-drive deadline
 ``P:lease:{id}``           string   the claim of the delivery in progress (token), expires
-``P:done:{occurrence}``    string   a delivered trigger (its schedule does not move)
+``P:lease:{id}:{ms}:run``  string   the claim of an ``overlap="allow"`` run in progress
+``P:done:{occurrence}``    string   a delivered trigger or ``allow`` run (the schedule did
+                                    not move as it ended)
 ``P:lock:hydrate``         string   hydration lock (token), expires by itself
 ``P:beat``                 string   epoch ms of the last tick (for ``doctor``)
 ``P:metrics``              hash     delivery and tick counters (``metrics.py``)
@@ -26,8 +28,9 @@ key                        type     holds
 ``P:log:failures``         stream   recent failed and retried steps, capped
 =========================  =======  ====================================================
 
-``{occurrence}`` is an idempotency key: ``{prompt_id}:{epoch_ms}``, or
-``{prompt_id}:trigger:{epoch_ms}`` for a :func:`trigger_prompt` delivery.
+``{occurrence}`` is an in-flight key: ``{prompt_id}:{epoch_ms}``,
+``{prompt_id}:trigger:{epoch_ms}`` for a :func:`trigger_prompt` delivery, or
+``{prompt_id}:{epoch_ms}:run`` for an ``overlap="allow"`` run.
 """
 
 from __future__ import annotations

@@ -384,8 +384,9 @@ CLAIM = Script(
     """
 -- Claims occurrences for delivery. Guarantees: at most one holder of a prompt's lease at
 -- a time; a claim succeeds only while the record still schedules this occurrence (live,
--- next_run_at equal to it) - or, for a trigger, while the prompt is not terminal and
--- the trigger was not delivered before - and while its platform is within its limits
+-- next_run_at equal to it) - or, for a trigger or a detached run (``overlap="allow"``),
+-- while the prompt is not cancelled and it was not delivered before - and while its
+-- platform is within its limits
 -- (``limits.py``: on Redis's clock, so one clock for every worker).
 -- KEYS: inflight, metrics, then per occurrence: record, lease (the prompt's, or a
 --       detached run's own), done.
