@@ -157,7 +157,9 @@ def deliver_many(
     Once ``stopping()`` is true (the worker is shutting down), no further runner call
     starts: what is finished is committed, the rest is released and returned as
     ``DEFERRED`` for the caller to send again. A warm shutdown then waits for one runner
-    call, not for a whole batch.
+    call, not for a whole batch. The same happens after a runner call that took
+    :data:`SPLIT_AFTER` or more: slow runners (agent runs) then go on as tasks of their
+    own, in parallel on the pool, instead of one after the other in this batch.
     """
     return _deliver(client, ctx, deliveries, 1, None, fixed_now=now, stopping=stopping)
 
@@ -184,6 +186,10 @@ def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) ->
 #: Longest a finished outcome waits for the rest of its batch before it is committed.
 #: It bounds what a crash between runner return and commit can repeat in a batch.
 COMMIT_EVERY = 0.05
+#: A runner call at least this long (seconds) hands the rest of its batch back, each
+#: occurrence to be sent as a task of its own (``DEFERRED``): slow runners run in
+#: parallel on the pool rather than waiting for each other.
+SPLIT_AFTER = 1.0
 
 
 def _deliver(
@@ -239,7 +245,7 @@ def _run_held(
     pending: list[tuple[int, Claimed, Change, Result, Observation]] = []
     oldest = last_call = 0.0
     for n, (i, claimed) in enumerate(held):
-        if stopping is not None and stopping():
+        if (stopping is not None and stopping()) or last_call >= SPLIT_AFTER:
             for j, rest in held[n:]:
                 claims.release(rest.delivery, None)
                 results[j] = Result(Outcome.DEFERRED)

@@ -435,6 +435,29 @@ def test_a_stopping_worker_commits_what_ran_and_hands_back_the_rest(
     assert sorted(keys) == sorted(of(p).key for p in ps)  # each once
 
 
+def test_after_a_slow_runner_call_the_rest_of_the_batch_goes_on_as_tasks_of_their_own(
+    redis_url: str, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = later()
+    ps = due_at(t, 4)
+    clock = LeaseClock(get_redis())
+    monkeypatch.setattr(engine, "time", clock)  # the batch's clock: calls "take" time
+
+    def hook(payload: dict[str, Any]) -> None:
+        # The second call is an agent run: longer than SPLIT_AFTER.
+        clock.now += 2 * engine.SPLIT_AFTER if payload["prompt_id"] == ps[1].id else 0.001
+
+    runner = use_runner(Recorder(hook=hook))
+    client = get_redis()
+    results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 2 + [Outcome.DEFERRED] * 2
+    assert [r.retry_in for r in results[2:]] == [0.0, 0.0]  # sent again at once
+    assert [c["prompt_id"] for c in runner.calls] == [ps[0].id, ps[1].id]
+    # Handed back unclaimed: their own tasks claim them at once.
+    assert [client.exists(K.lease(p.id)) for p in ps[2:]] == [0, 0]
+    assert {of(p).key for p in ps[2:]} <= set(client.zrange(K.inflight, 0, -1))
+
+
 def test_deliver_batch_sends_what_it_handed_back_as_deliver_tasks(
     broker: redis.Redis, use_runner: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
