@@ -320,7 +320,7 @@ def _run_one(
     error = _misfire(record, delivery, occurrence, now, attempt=attempt, since_ms=limited_since_ms)
     if error is not None:
         log.warning("prompt %s %s", record.id, error)
-        after = _after(record, occurrence, now, now) if record.kind is Kind.CRON else None
+        after = _after(record, occurrence, now) if record.kind is Kind.CRON else None
         missed = Observation(
             "skipped", record.platform, kind, error=error, **_about(record, delivery, occurrence)
         )
@@ -367,7 +367,7 @@ def _run_one(
             return None
         took = timedelta(seconds=time.monotonic() - started_at)
         ended = now + took if fixed_now else max(now, utcnow())
-        return _after(record, occurrence, now, ended)
+        return _after(record, occurrence, ended)
 
     try:
         call_runner(runner, payload)
@@ -468,7 +468,7 @@ def _detach(
     """Start an ``overlap="allow"`` occurrence as a run of its own: the record moves on
     (and counts the run) now, so the next occurrence comes due on time while it runs."""
     record = claimed.record
-    after = _after(record, occurrence, now, now)
+    after = _after(record, occurrence, now)
     moved = _finish(
         record, claimed.delivery, now, occurrence, delivered=True, error=None, after=after
     )
@@ -571,24 +571,23 @@ class After:
     skipped: int = 0
 
 
-def _after(record: ScheduledPrompt, occurrence: datetime, now: datetime, ended: datetime) -> After:
-    """The next occurrence after ``occurrence`` (claimed at ``now``, its runner call
-    over at ``ended``) under the prompt's overlap policy.
+def _after(record: ScheduledPrompt, occurrence: datetime, ended: datetime) -> After:
+    """The next occurrence after ``occurrence`` (its runner call over at ``ended``)
+    under the prompt's overlap policy.
 
-    Occurrences that came due before ``now`` were coalesced into this one; those that
-    came due while it ran are skipped (``skip``), or the latest of them is delivered
+    Occurrences that came due before its first attempt was claimed were coalesced into
+    this one (``_latest_missed``), so every later one came due while it ran (its
+    retries included): those are skipped (``skip``), or the latest of them is delivered
     now (``buffer_one``: its instant is in the past, so it is due at once). ``allow``
     prompts detach their runs as they start (``ended`` is ``now``), so none came due.
     """
     assert record.cron_expression is not None
     schedule = parse_cron(record.cron_expression, record.timezone)
     offset, end_at = record.offset, record.end_at
-    # The first occurrence that fires after both: asked from the occurrence first (the
-    # same question for every prompt of this schedule firing now, so it is remembered).
+    # Asked from the occurrence: the same question for every prompt of this schedule
+    # firing now, so it is remembered.
     following = next_cron_run(schedule, occurrence, end_at=end_at)
     fire = None if following is None else following + offset
-    if fire is not None and fire <= now:
-        fire = first_cron_run(schedule, now, end_at=end_at, offset=offset)
     if fire is None or fire > ended:
         return After(fire)  # the usual case: nothing came due while it ran
     came, latest = 0, fire

@@ -469,3 +469,28 @@ def test_in_a_batch_an_allow_run_that_fails_is_handed_back_as_its_detached_run(
     # moved on as their runs started.
     assert f"{a.id}:{to_ms(at)}:run" in r.zrange(scope().keys.inflight, 0, -1)
     assert get(a).next_run_at == get(b).next_run_at == at + 5 * MINUTE
+
+
+def test_occurrences_due_while_a_run_was_retried_are_skipped_too(
+    clock: Clock, runner: Runner
+) -> None:
+    p = schedule()
+    first = p.next_run_at
+    assert first is not None
+
+    def fails_once(_: dict[str, Any]) -> None:
+        if len(runner.calls) == 1:
+            raise DeliveryError("the model provider answered 503")
+
+    runner.during = fails_once
+    result = deliver_due(p, clock)
+    assert result.outcome is Outcome.RETRY
+    # The retry comes 7 minutes later (a long back-off): first+5 came due meanwhile.
+    clock.now = first + 7 * MINUTE
+    again = engine.deliver(
+        get_redis(), scope(), Delivery(p.id, to_ms(first)), attempt=2, coalesced_ms=to_ms(first)
+    )
+    assert again.outcome is Outcome.DELIVERED
+    assert [from_iso(c["occurrence"]) for c in runner.calls] == [first, first]
+    after = get(p)
+    assert after.next_run_at == first + 10 * MINUTE and after.skipped_runs == 1
