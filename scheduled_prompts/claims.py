@@ -63,8 +63,9 @@ class Claims:
         self.token = secrets.token_hex(8)
         self.lease_ms = int(ctx.settings.lease_seconds * 1000)
         self._renewed = time.monotonic()
+        # Read by the keeper thread: each change is one dict operation (atomic under the
+        # GIL), and it reads a copy.
         self._held: dict[str, Claimed] = {}
-        self._guard = threading.Lock()
         #: Keys of claims found lost at a renewal: not to be delivered by this task.
         self.lost: set[str] = set()
         settings = ctx.settings
@@ -99,17 +100,10 @@ class Claims:
         for i, d in enumerate(deliveries):
             state, detail = store.as_text(rows[2 * i]), store.as_text(rows[2 * i + 1])
             out.append(self._read(d, state, detail))
-        self._hold(*(c for c in out if isinstance(c, Claimed)))
+        for c in out:
+            if isinstance(c, Claimed):
+                self._held[c.delivery.key] = c
         return out
-
-    def _hold(self, *claims: Claimed) -> None:
-        with self._guard:
-            self._held.update((c.delivery.key, c) for c in claims)
-
-    def _drop(self, *keys: str) -> None:
-        with self._guard:
-            for key in keys:
-                self._held.pop(key, None)
 
     @contextlib.contextmanager
     def kept(self) -> Iterator[None]:
@@ -122,8 +116,7 @@ class Claims:
 
     def renew_held(self) -> None:
         """Renew every claim still held (the keeper thread's call)."""
-        with self._guard:
-            held = list(self._held.values())
+        held = list(self._held.values())
         if held:
             self.renew(held)
 
@@ -184,7 +177,7 @@ class Claims:
     ) -> None:
         """End a claim without committing: retry later (``retry_at``) or leave it to
         re-drive; ``counted`` is what the step adds to the metrics (a retry)."""
-        self._drop(d.key)
+        self._held.pop(d.key, None)
         deadline = "" if retry_at is None else to_ms(retry_at) + redrive_delay(self.ctx)
         keys = self.ctx.keys
         batch = Batch()
@@ -286,7 +279,7 @@ class Claims:
                 if store.as_text(reply) == "ok":
                     results[i] = new
                     settled.add(i)
-                    self._drop(changes[i][0].delivery.key)
+                    self._held.pop(changes[i][0].delivery.key, None)
                 else:
                     raws[i] = None
         left = ", ".join(c.delivery.key for i, (c, _) in enumerate(changes) if i not in settled)
@@ -311,25 +304,17 @@ class Claims:
         args: list[str | int | float] = [*self._log_lengths]
         batch = Batch()
         raw = self._outcome(
-            script_keys,
-            args,
-            batch,
-            d,
-            record=claimed.record,
-            raw=claimed.raw,
-            new=new,
-            step=None,
-            run=run,
-            detach=spec,
+            script_keys, args, batch, d, record=claimed.record, raw=claimed.raw, new=new, step=None
         )
-        args.append(batch.fields())
+        script_keys.append(self.ctx.keys.lease(run.lease_name))
+        args += [spec, batch.fields()]
         reply = self.ctx.durable(store.Eval(store.COMMIT, script_keys, args)).run(self.client)
         if store.as_text(reply[0]) != "ok":
             self.release(d, None)
             return None
         started = Claimed(run, new, raw)
-        self._drop(d.key)
-        self._hold(started)
+        self._held.pop(d.key, None)
+        self._held[run.key] = started
         return started
 
     def _commit_keys(self) -> list[str]:
@@ -348,28 +333,23 @@ class Claims:
         raw: str,
         new: ScheduledPrompt,
         step: Observation | None,
-        run: Delivery | None = None,
-        detach: str = "",
     ) -> str:
-        """Add one outcome's keys and arguments to a COMMIT call; returns the new JSON.
-        ``run``/``detach``: the detached run the claim moves to, and its COMMIT spec."""
+        """Add one outcome's keys and arguments to a COMMIT call; returns the new JSON."""
         keys = self.ctx.keys
         due, finished = store.index_entries(new)
         delta = int(new.status.is_open) - int(record.status.is_open)
         done_ttl = "" if d.scheduled else str(int(DONE_TTL.total_seconds() * 1000))
-        lease = keys.lease(d.lease_name)
         script_keys += [
             keys.prompt(d.prompt_id),
             keys.user(new.user_id),
-            lease,
+            keys.lease(d.lease_name),
             keys.done(d.key),
-            lease if run is None else keys.lease(run.lease_name),
         ]
         entry, failed = ("", "") if step is None else history.encode(step)
         raw_new = new.to_json()
         args += [raw, new.id, new.user_id, raw_new, due, finished, delta, self.token, d.key,
                  done_ttl, batch.step(step), record.status.value, new.status.value, entry,
-                 failed, detach]  # fmt: skip
+                 failed]  # fmt: skip
         return raw_new
 
 

@@ -315,12 +315,19 @@ def _run_one(
     at that time (waiting for a limit does not make an occurrence missed)."""
     record, delivery = claimed.record, claimed.delivery
     kind = "trigger" if delivery.trigger else record.kind.value
-    occurrence = _nominal(record, delivery, coalesced_ms, now)
-    fire = occurrence + (timedelta(0) if delivery.trigger else record.offset)
-    error = _misfire(record, delivery, occurrence, now, attempt=attempt, since_ms=limited_since_ms)
+    offset = _NO_OFFSET if delivery.trigger else record.offset
+    occurrence = _nominal(record, delivery, coalesced_ms, now, offset)
+    fire = occurrence + offset
+    # Where the schedule goes is decided when the runner call ends (scheduled cron).
+    moves_on = delivery.scheduled and record.kind is Kind.CRON
+    error = None
+    if record.misfire_grace_seconds is not None:
+        error = _misfire(
+            record, delivery, occurrence, now, attempt=attempt, since_ms=limited_since_ms
+        )
     if error is not None:
         log.warning("prompt %s %s", record.id, error)
-        after = _after(record, occurrence, now) if record.kind is Kind.CRON else None
+        after = _after(record, occurrence, now) if moves_on else None
         missed = Observation(
             "skipped", record.platform, kind, error=error, **_about(record, delivery, occurrence)
         )
@@ -340,11 +347,11 @@ def _run_one(
     payload = build_payload(record, key, occurrence, now, attempt, fire_at=fire)
     if delivery.detached:
         payload["run_number"] = record.run_count  # counted when it started
-    elif delivery.scheduled and record.overlap is Overlap.ALLOW:
+    elif moves_on and record.overlap is Overlap.ALLOW:
         run = _detach(claims, claimed, occurrence, now)
         if run is None:  # the record changed since the claim: claim it again shortly
             return Result(Outcome.BUSY, retry_in=0.2)
-        claimed, delivery = run, run.delivery
+        claimed, delivery, moves_on = run, run.delivery, False
     started_at = time.monotonic()
 
     def observed(
@@ -360,14 +367,6 @@ def _run_one(
             skipped=skipped,
             **_about(record, delivery, occurrence),
         )
-
-    def after_run() -> After | None:
-        """Where the schedule goes now that the runner call ended (scheduled cron only)."""
-        if not delivery.scheduled or record.kind is not Kind.CRON:
-            return None
-        took = timedelta(seconds=time.monotonic() - started_at)
-        ended = now + took if fixed_now else max(now, utcnow())
-        return _after(record, occurrence, ended)
 
     try:
         call_runner(runner, payload)
@@ -395,15 +394,18 @@ def _run_one(
         if not isinstance(exc, DeliveryError | PermanentDeliveryError):
             log.exception("runner raised for %s", key)
         log.error("giving up on %s after %d attempt(s): %s", key, attempt, error)
-        after = after_run()
+        after = _after_run(record, occurrence, now, started_at, fixed_now) if moves_on else None
         return (
             claimed,
             _finisher(delivery, now, occurrence, False, error, after=after),
             Result(Outcome.FAILED, error=error),
             observed("failed", late=True, error=error, skipped=_skips(record, after, False)),
         )
-    after = after_run()
-    delivered = observed("delivered", late=True, skipped=_skips(record, after, True))
+    if moves_on:
+        after = _after_run(record, occurrence, now, started_at, fixed_now)
+        delivered = observed("delivered", late=True, skipped=_skips(record, after, True))
+    else:
+        after, delivered = None, observed("delivered", late=True)
     return (
         claimed,
         _finisher(delivery, now, occurrence, True, None, after=after),
@@ -412,8 +414,25 @@ def _run_one(
     )
 
 
+#: The offset of a prompt without jitter (and of a trigger).
+_NO_OFFSET = timedelta(0)
+
+
+def _after_run(
+    record: ScheduledPrompt, occurrence: datetime, now: datetime, started: float, fixed: bool
+) -> After:
+    """:func:`_after` once the runner call that started at ``started`` (monotonic) ended;
+    with a ``fixed`` ``now`` (tests, benchmarks), the call's length is added to it."""
+    took = timedelta(seconds=time.monotonic() - started)
+    return _after(record, occurrence, now + took if fixed else max(now, utcnow()))
+
+
 def _nominal(
-    record: ScheduledPrompt, delivery: Delivery, coalesced_ms: int | None, now: datetime
+    record: ScheduledPrompt,
+    delivery: Delivery,
+    coalesced_ms: int | None,
+    now: datetime,
+    offset: timedelta,
 ) -> datetime:
     """The occurrence's nominal time (the key's and the payload's "occurrence"). With
     jitter it fires ``record.offset`` later: the due index holds that instant. A cron
@@ -424,9 +443,9 @@ def _nominal(
     occurrence = from_ms(delivery.occurrence_ms)
     if not delivery.scheduled:
         return occurrence  # a trigger's request time, a detached run's nominal time
-    occurrence -= record.offset
+    occurrence -= offset
     if record.kind is Kind.CRON:
-        occurrence = _latest_missed(record, occurrence, now - record.offset)
+        occurrence = _latest_missed(record, occurrence, now - offset)
     return occurrence
 
 

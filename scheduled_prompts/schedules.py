@@ -310,12 +310,15 @@ MAX_ONCE_JITTER_SECONDS = 86_400.0
 _GAP_SAMPLES = 500
 
 
+_NO_JITTER = timedelta(0)
+
+
 def jitter_offset(prompt_id: str, jitter_seconds: float | None) -> timedelta:
     """The prompt's fixed offset in [0, ``jitter_seconds``), whole milliseconds, derived
     from its id: the same for every occurrence and every process, different across
     prompts (SHA-256 of the id as a fraction)."""
     if not jitter_seconds:
-        return timedelta(0)
+        return _NO_JITTER
     fraction = int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big") / 2**64
     return timedelta(milliseconds=math.floor(fraction * jitter_seconds * 1000))
 

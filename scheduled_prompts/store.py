@@ -333,25 +333,28 @@ COMMIT = Script(
 -- occurrence's claim, in one step. Compare-and-set against the JSON the deliverer read.
 -- KEYS: ids, due, finished, open-counts, status counts, recount cursor, recount hash,
 --       inflight, metrics, delivery log, failure log, then per outcome: record, user
---       index, lease, done, the detached run's lease (the lease again when none).
--- ARGV: delivery log length, failure log length, then per outcome 16 values: expected
+--       index, lease, done; last, for a detached run, its lease.
+-- ARGV: delivery log length, failure log length, then per outcome 15 values: expected
 --       JSON, id, user_id, new JSON, due score, finished score, open delta, lease token,
 --       in-flight key, done TTL ms ('' = no done marker), metrics ('' = none), stored
---       status, new status, log entry ('' = none), '1' if a failure, detached run (''
---       = none, else JSON [in-flight key, deadline ms, lease ms, running zset or '']);
+--       status, new status, log entry ('' = none), '1' if a failure; then, for a
+--       detached run, JSON [in-flight key, deadline ms, lease ms, running zset or ''];
 --       last, the metrics fields.
 -- Writes: record + indexes, then the lease is dropped if still ours, the occurrence
 -- leaves the in-flight set, (triggers, detached runs) the done marker is set, the
--- metrics counted and the step logged. With a detached run (``overlap="allow"``: the
--- record moved on as the run starts), the claim moves to it: in flight by its deadline,
--- its lease taken with the same token, counted running for a concurrency limit.
+-- metrics counted and the step logged. A detached run (``overlap="allow"``: one outcome,
+-- the record moved on as the run starts) takes over the claim: in flight by its
+-- deadline, its lease taken with the same token, counted running for a concurrency cap.
 -- Returns per outcome 'ok' | 'changed' ('ok' too when the record already is the new
 -- JSON: a retry after a lost reply does not apply the outcome, nor count it, twice).
 local ix = index_keys(1)
 local out = {}
-for i = 1, (#KEYS - 11) / 5 do
-  local k = 11 + 5 * (i - 1)
-  local a = 2 + 16 * (i - 1)
+local outcomes = math.floor((#KEYS - 11) / 4)
+local run = nil
+if #KEYS > 11 + 4 * outcomes then run = cjson.decode(ARGV[#ARGV - 1]) end
+for i = 1, outcomes do
+  local k = 11 + 4 * (i - 1)
+  local a = 2 + 15 * (i - 1)
   local stored = redis.call('GET', KEYS[k + 1])
   if stored == ARGV[a + 4] then
     out[i] = 'ok'
@@ -363,10 +366,9 @@ for i = 1, (#KEYS - 11) / 5 do
     if redis.call('GET', KEYS[k + 3]) == ARGV[a + 8] then redis.call('DEL', KEYS[k + 3]) end
     redis.call('ZREM', KEYS[8], ARGV[a + 9])
     if ARGV[a + 10] ~= '' then redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[a + 10]) end
-    if ARGV[a + 16] ~= '' then
-      local run = cjson.decode(ARGV[a + 16])
+    if run then
       redis.call('ZADD', KEYS[8], run[2], run[1])
-      redis.call('SET', KEYS[k + 5], ARGV[a + 8], 'PX', run[3])
+      redis.call('SET', KEYS[#KEYS], ARGV[a + 8], 'PX', run[3])
       if run[4] ~= '' then redis.call('ZADD', run[4], run[2], run[1]) end
     end
     count(ARGV[a + 11])
