@@ -90,6 +90,16 @@ def lasting(clock: Clock, length: timedelta) -> Callable[[dict[str, Any]], None]
     return body
 
 
+def failing_once(runner: Runner) -> Callable[[dict[str, Any]], None]:
+    """A run body whose first call fails (to be retried)."""
+
+    def body(_: dict[str, Any]) -> None:
+        if len(runner.calls) == 1:
+            raise DeliveryError("the model provider answered 503")
+
+    return body
+
+
 def overlap_skipped(platform: str = "tg") -> float:
     """The count as the exporter shows it (``scheduled_prompts_overlap_skipped_total``)."""
     snap = api.run(metrics.snapshot(scope(), utcnow()))
@@ -290,11 +300,7 @@ def test_an_allow_run_that_fails_is_retried_as_the_same_run(clock: Clock, runner
     first = p.next_run_at
     assert first is not None
 
-    def flaky(_: dict[str, Any]) -> None:
-        if len(runner.calls) == 1:
-            raise DeliveryError("the model provider answered 503")
-
-    runner.during = flaky
+    runner.during = failing_once(runner)
     result = deliver_due(p, clock)
     assert result.outcome is Outcome.RETRY
     assert result.delivery == Delivery(p.id, to_ms(first), detached=True)
@@ -478,11 +484,7 @@ def test_occurrences_due_while_a_run_was_retried_are_skipped_too(
     first = p.next_run_at
     assert first is not None
 
-    def fails_once(_: dict[str, Any]) -> None:
-        if len(runner.calls) == 1:
-            raise DeliveryError("the model provider answered 503")
-
-    runner.during = fails_once
+    runner.during = failing_once(runner)
     result = deliver_due(p, clock)
     assert result.outcome is Outcome.RETRY
     # The retry comes 7 minutes later (a long back-off): first+5 came due meanwhile.
