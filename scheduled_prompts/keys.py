@@ -28,6 +28,9 @@ key                        type     holds
 ``P:log:failures``         stream   recent failed and retried steps, capped
 =========================  =======  ====================================================
 
+With ``SHARDS`` > 1 every name above is under ``P:{n}`` (shard ``n``'s hash tag, see
+:meth:`Keys.shard`); with one shard the names are exactly these.
+
 ``{occurrence}`` is an in-flight key: ``{prompt_id}:{epoch_ms}``,
 ``{prompt_id}:trigger:{epoch_ms}`` for a :func:`trigger_prompt` delivery, or
 ``{prompt_id}:{epoch_ms}:run`` for an ``overlap="allow"`` run.
@@ -35,7 +38,14 @@ key                        type     holds
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+
+def shard_of(user_id: str, shards: int) -> int:
+    """The shard a user's prompts live in (0 with one shard): CRC-32 of the id, the same
+    in every process and release."""
+    return 0 if shards <= 1 else zlib.crc32(user_id.encode()) % shards
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,22 @@ class Keys:
                 f"key prefix must be non-empty, without spaces, '::' or a trailing ':', "
                 f"got {self.prefix!r}"
             )
+
+    def shard(self, number: int, shards: int) -> Keys:
+        """The names of shard ``number`` of ``shards``: with one shard these names
+        themselves; with more, every name under ``P:{number}`` — one hash tag, so a
+        Redis Cluster keeps all of a shard's keys in one slot and a script can touch any
+        of them."""
+        if not 0 <= number < max(shards, 1):
+            raise ValueError(f"shard must be in [0, {shards}), got {number}")
+        if shards <= 1:
+            return self
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(
+                f"a sharded key prefix must not contain '{{' or '}}' (they make Redis "
+                f"Cluster hash tags), got {self.prefix!r}"
+            )
+        return Keys(f"{self.prefix}:{{{number}}}")
 
     def prompt(self, prompt_id: str) -> str:
         return f"{self.prefix}:prompt:{prompt_id}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
-from scheduled_prompts.keys import Keys
+from scheduled_prompts.keys import Keys, shard_of
 
 
 def all_keys(keys: Keys, prompt_id: str = "abc", user_id: str = "u1") -> list[str]:
@@ -103,3 +104,40 @@ def test_prompt_key_is_prefix_prompt_and_the_id_verbatim(prompt_id: str) -> None
 def test_keys_rejects_a_bad_prefix(prefix: str) -> None:
     with pytest.raises(ValueError, match="key prefix"):
         Keys(prefix)
+
+
+def test_one_shard_keeps_todays_names() -> None:
+    keys = Keys("sp")
+    assert keys.shard(0, 1) is keys
+    assert keys.shard(0, 1).prompt("abc") == "sp:prompt:abc"
+    assert shard_of("any-user", 1) == 0
+
+
+def test_every_key_of_a_shard_falls_in_one_cluster_slot() -> None:
+    keys = Keys("sp").shard(7, 16)
+    names = [
+        keys.prompt("01abc"), keys.due, keys.inflight, keys.ids, keys.user("u1"),
+        keys.open_counts, keys.finished, keys.lease("01abc"), keys.lease("01abc:5:run"),
+        keys.done("01abc:5"), keys.metrics, keys.counts, keys.log, keys.failures,
+        keys.rate("discord"), keys.running("discord"),
+    ]  # fmt: skip
+    assert names[0] == "sp:{7}:prompt:01abc"
+    assert {key_slot(n.encode()) for n in names} == {key_slot(b"sp:{7}:due")}
+    # Other shards: other slots (16 shards spread over 16 distinct slots).
+    slots = {key_slot(Keys("sp").shard(n, 16).due.encode()) for n in range(16)}
+    assert len(slots) == 16
+
+
+def test_a_users_prompts_have_one_shard_and_users_spread_evenly() -> None:
+    assert shard_of("ana", 16) == shard_of("ana", 16)
+    counts = [0] * 16
+    for i in range(16_000):
+        counts[shard_of(f"user-{i}", 16)] += 1
+    assert min(counts) > 800 and max(counts) < 1200  # 1,000 each, give or take
+
+
+def test_bad_shards_and_braced_prefixes_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"shard must be in \[0, 16\)"):
+        Keys("sp").shard(16, 16)
+    with pytest.raises(ValueError, match="must not contain"):
+        Keys("app{x}").shard(1, 16)
