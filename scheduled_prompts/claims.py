@@ -359,6 +359,8 @@ class _Keeper:
 
     #: How often the thread looks at what it keeps.
     TICK = 0.5
+    #: How soon a renewal that failed (Redis away) is tried again, at most.
+    RETRY = 2.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -385,14 +387,15 @@ class _Keeper:
             with self._lock:
                 due = [c for c, at in self._due.items() if at <= now]
             for claims in due:
+                again = now + claims.ctx.settings.lease_seconds / 2
                 try:
                     claims.renew_held()
-                except Exception as exc:  # Redis away: the next tick tries again
+                except Exception as exc:  # Redis away: try again soon, within the lease
                     log.warning("could not renew the leases of a delivery in progress: %s", exc)
-                    continue
+                    again = now + min(self.RETRY, claims.ctx.settings.lease_seconds / 4)
                 with self._lock:
                     if claims in self._due:
-                        self._due[claims] = now + claims.ctx.settings.lease_seconds / 2
+                        self._due[claims] = again
 
 
 _real_monotonic = time.monotonic
