@@ -53,8 +53,9 @@ class Claims:
 
     While :meth:`kept`, a thread renews every claim still held each half lease, so a
     runner call of any length keeps its claim (and the batch's other claims theirs);
-    between runner calls the deliverer renews them too (``renewal_due``). A claim lost
-    at a renewal (it had expired: another deliverer may hold it) is in :attr:`lost`.
+    between runner calls the deliverer renews them too (``renewal_due``): the same
+    :meth:`renew`. A claim lost at a renewal (it had expired: another deliverer may hold
+    it) is in :attr:`lost`.
     """
 
     def __init__(self, client: redis.Redis, ctx: Scope) -> None:
@@ -114,12 +115,6 @@ class Claims:
         finally:
             _keeper.unwatch(self)
 
-    def renew_held(self) -> None:
-        """Renew every claim still held (the keeper thread's call)."""
-        held = list(self._held.values())
-        if held:
-            self.renew(held)
-
     def _read(self, d: Delivery, state: str, detail: str) -> Result | Claimed:
         rkey = self.ctx.keys.prompt(d.prompt_id)
         if state == "wait":
@@ -152,10 +147,13 @@ class Claims:
         """Whether half a lease passed since the claims were taken or last renewed."""
         return time.monotonic() - self._renewed >= self.ctx.settings.lease_seconds / 2
 
-    def renew(self, held: Sequence[Claimed]) -> list[bool]:
-        """Renew the leases of ``held`` and move their re-drive deadlines; returns, per
-        claim, whether it is still ours (a lease that ran out may be another deliverer's
-        now: that occurrence must not be delivered by this task, and is in ``lost``)."""
+    def renew(self) -> None:
+        """Renew every claim still held (taken, not yet committed or given back) and move
+        their re-drive deadlines. A lease that ran out may be another deliverer's now:
+        its occurrence goes to ``lost`` and is not delivered by this task."""
+        held = [c for key, c in list(self._held.items()) if key not in self.lost]
+        if not held:
+            return
         keys = self.ctx.keys
         leases = [keys.lease(c.delivery.lease_name) for c in held]
         deadline = to_ms(utcnow()) + redrive_delay(self.ctx)
@@ -163,9 +161,7 @@ class Claims:
         args += [c.delivery.key for c in held]
         renewed = store.Eval(store.RENEW, [keys.inflight, *leases], args).run(self.client)
         self._renewed = time.monotonic()
-        ours = [bool(int(r)) for r in renewed]
-        self.lost |= {c.delivery.key for c, ok in zip(held, ours, strict=True) if not ok}
-        return ours
+        self.lost |= {c.delivery.key for c, r in zip(held, renewed, strict=True) if not int(r)}
 
     def release(
         self,
@@ -389,7 +385,7 @@ class _Keeper:
             for claims in due:
                 again = now + claims.ctx.settings.lease_seconds / 2
                 try:
-                    claims.renew_held()
+                    claims.renew()
                 except Exception as exc:  # Redis away: try again soon, within the lease
                     log.warning("could not renew the leases of a delivery in progress: %s", exc)
                     again = now + min(self.RETRY, claims.ctx.settings.lease_seconds / 4)

@@ -257,7 +257,7 @@ def _run_held(
         # Runners may take long: keep the leases of what is still to run or to commit;
         # one that ran out (another deliverer may hold it now) is not delivered here.
         if claims.renewal_due:
-            claims.renew([c for _, c in held[n:]] + [c for _, c, _, _, _ in pending])
+            claims.renew()
         if claimed.delivery.key in claims.lost:
             log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
             results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")

@@ -423,13 +423,13 @@ def test_a_runner_call_longer_than_the_lease_keeps_its_claim_and_is_not_re_drive
     occurrence = Delivery(p.id, to_ms(p.next_run_at))
     keys = scope().keys
     renewed = threading.Event()
-    original = claims_module.Claims.renew_held
+    original = claims_module.Claims.renew
 
     def spy(self: claims_module.Claims) -> None:
         original(self)
         renewed.set()
 
-    monkeypatch.setattr(claims_module.Claims, "renew_held", spy)
+    monkeypatch.setattr(claims_module.Claims, "renew", spy)
     seen: dict[str, Any] = {}
 
     def long_call(_: dict[str, Any]) -> None:
