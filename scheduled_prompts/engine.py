@@ -18,6 +18,7 @@ Time is a parameter everywhere (``now=``); Celery lives in ``tasks.py``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_
 from .outcomes import Outcome, Result
 from .plans import Enqueue, Plan, run
 from .runners import call_runner, get_runner
-from .schedules import first_cron_run, next_cron_run, parse_cron
+from .schedules import NO_OFFSET, fires_after, first_cron_run, parse_cron
 from .store import Scope
 
 __all__ = [
@@ -315,7 +316,7 @@ def _run_one(
     at that time (waiting for a limit does not make an occurrence missed)."""
     record, delivery = claimed.record, claimed.delivery
     kind = "trigger" if delivery.trigger else record.kind.value
-    offset = _NO_OFFSET if delivery.trigger else record.offset
+    offset = NO_OFFSET if delivery.trigger else record.offset
     occurrence = _nominal(record, delivery, coalesced_ms, now, offset)
     fire = occurrence + offset
     # Where the schedule goes is decided when the runner call ends (scheduled cron).
@@ -412,10 +413,6 @@ def _run_one(
         Result(Outcome.DELIVERED),
         delivered,
     )
-
-
-#: The offset of a prompt without jitter (and of a trigger).
-_NO_OFFSET = timedelta(0)
 
 
 def _after_run(
@@ -567,11 +564,10 @@ def _latest_missed(record: ScheduledPrompt, occurrence: datetime, now: datetime)
     latest = occurrence
     # Start near now when far behind, so a long outage costs a bounded walk.
     cursor = max(occurrence, now - timedelta(hours=25))
-    for _ in range(2000):
-        following = next_cron_run(schedule, cursor, end_at=record.end_at)
-        if following is None or following > now:
+    for following in itertools.islice(fires_after(schedule, cursor, end_at=record.end_at), 2000):
+        if following > now:
             break
-        latest = cursor = following
+        latest = following
     return latest
 
 
@@ -604,16 +600,15 @@ def _after(record: ScheduledPrompt, occurrence: datetime, ended: datetime) -> Af
     schedule = parse_cron(record.cron_expression, record.timezone)
     offset, end_at = record.offset, record.end_at
     # Asked from the occurrence: the same question for every prompt of this schedule
-    # firing now, so it is remembered.
-    following = next_cron_run(schedule, occurrence, end_at=end_at)
-    fire = None if following is None else following + offset
+    # firing now, so it is remembered (``next_cron_run``'s cache).
+    later = fires_after(schedule, occurrence, end_at=end_at, offset=offset)
+    fire = next(later, None)
     if fire is None or fire > ended:
         return After(fire)  # the usual case: nothing came due while it ran
     came, latest = 0, fire
     while fire is not None and fire <= ended and came < MAX_OVERLAP_WALK:
         came, latest = came + 1, fire
-        nominal = next_cron_run(schedule, fire - offset, end_at=end_at)
-        fire = None if nominal is None else nominal + offset
+        fire = next(later, None)
     if fire is not None and fire <= ended:
         fire = first_cron_run(schedule, ended, end_at=end_at, offset=offset)
     if record.overlap is Overlap.BUFFER_ONE:
@@ -667,9 +662,8 @@ def _finish(
     fire = None
     if record.max_runs is None or runs < record.max_runs:
         fire = after.fire
-        skipped = _skips(record, after, delivered)
-        if skipped:
-            changes["skipped_runs"] = record.skipped_runs + skipped
+        if after.skipped:
+            changes["skipped_runs"] = record.skipped_runs + after.skipped
     if fire is None:
         changes["status"] = Status.EXECUTED
     changes["next_run_at"] = fire

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -58,6 +59,8 @@ _SHIFT_WINDOW = timedelta(hours=26)
 _LAST_WEEKDAY = re.compile(r"(?<![0-9#])([0-7])L\b")
 _EQUAL_RANGE = re.compile(r"^([A-Za-z0-9]+)-([A-Za-z0-9]+)(?:/\d+)?$")
 _ONE_MINUTE = timedelta(minutes=1)
+#: The offset of an occurrence without jitter.
+NO_OFFSET = timedelta(0)
 
 
 def get_zone(name: object) -> ZoneInfo:
@@ -276,7 +279,7 @@ def first_cron_run(
     *,
     start_at: datetime | None = None,
     end_at: datetime | None = None,
-    offset: timedelta = timedelta(0),
+    offset: timedelta = NO_OFFSET,
 ) -> datetime | None:
     """The first occurrence that fires after ``now``, at or after ``start_at``, at or
     before ``end_at`` (both nominal), as the instant it fires: its nominal time plus
@@ -286,6 +289,20 @@ def first_cron_run(
         after = start_at - timedelta(microseconds=1)
     nominal = _bounded(_next_after(schedule, after), end_at)
     return None if nominal is None else nominal + offset
+
+
+def fires_after(
+    schedule: CronSchedule,
+    nominal: datetime,
+    *,
+    end_at: datetime | None = None,
+    offset: timedelta = NO_OFFSET,
+) -> Iterator[datetime]:
+    """The occurrences after ``nominal`` (a nominal time), in order, up to ``end_at``, each
+    as the instant it fires: its nominal time plus ``offset`` (a prompt's jitter)."""
+    while (following := next_cron_run(schedule, nominal, end_at=end_at)) is not None:
+        yield following + offset
+        nominal = following
 
 
 def next_cron_run(
@@ -310,15 +327,12 @@ MAX_ONCE_JITTER_SECONDS = 86_400.0
 _GAP_SAMPLES = 500
 
 
-_NO_JITTER = timedelta(0)
-
-
 def jitter_offset(prompt_id: str, jitter_seconds: float | None) -> timedelta:
     """The prompt's fixed offset in [0, ``jitter_seconds``), whole milliseconds, derived
     from its id: the same for every occurrence and every process, different across
     prompts (SHA-256 of the id as a fraction)."""
     if not jitter_seconds:
-        return _NO_JITTER
+        return NO_OFFSET
     fraction = int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big") / 2**64
     return timedelta(milliseconds=math.floor(fraction * jitter_seconds * 1000))
 
@@ -397,16 +411,11 @@ def preview_schedule(
         raise InvalidSchedule(f"start must be a datetime, got {type(start).__name__}")
     elif start.utcoffset() is None:
         start = localize(start, schedule.zone)
-    shift = timedelta(0)
+    shift = NO_OFFSET
     if prompt_id is not None:
         check_jitter(jitter_seconds, schedule, start.astimezone(UTC))
         shift = jitter_offset(prompt_id, jitter_seconds)
-    out: list[datetime] = []
-    for instant in schedule.iter_after(start - shift):
-        if len(out) == count:
-            break
-        out.append(instant + shift)
-    return out
+    return list(itertools.islice(fires_after(schedule, start - shift, offset=shift), count))
 
 
 def _collapse_equal_ranges(field: str) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from .. import display
 from ..models import Kind, ScheduledPrompt
-from ..schedules import next_cron_run, parse_cron
+from ..schedules import fires_after, parse_cron
 
 #: Fire times listed on a prompt's page.
 NEXT_FIRES = 10
@@ -41,18 +41,12 @@ def fires(record: ScheduledPrompt) -> Iterator[datetime]:
         return
     assert record.cron_expression is not None
     schedule = parse_cron(record.cron_expression, record.timezone)
-    left = None if record.max_runs is None else record.max_runs - record.scheduled_runs - 1
     # The schedule's instants are nominal; each fires the prompt's jitter offset later.
     offset = record.offset
-    current = record.next_run_at
-    while left is None or left > 0:
-        following = next_cron_run(schedule, current - offset, end_at=record.end_at)
-        if following is None:
-            return
-        current = following + offset
-        yield current
-        if left is not None:
-            left -= 1
+    later = fires_after(schedule, record.next_run_at - offset, end_at=record.end_at, offset=offset)
+    if record.max_runs is not None:
+        later = itertools.islice(later, max(0, record.max_runs - record.scheduled_runs - 1))
+    yield from later
 
 
 def utc_text(value: datetime | None) -> str:
