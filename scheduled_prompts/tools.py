@@ -131,7 +131,7 @@ def _schemas(settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
                     },
                     "overlap": {
                         "type": "string",
-                        "enum": ["skip", "buffer_one", "allow"],
+                        "enum": [o.value for o in Overlap],
                         "description": "With `cron`, for long runs: what happens when a run "
                         "comes due while the previous one is still going on. 'skip' "
                         "(default) drops it, 'buffer_one' runs it once the previous ends, "
