@@ -100,6 +100,20 @@ def failing_once(runner: Runner) -> Callable[[dict[str, Any]], None]:
     return body
 
 
+def next_during_first(runner: Runner, clock: Clock, p: ScheduledPrompt) -> list[Any]:
+    """A run body that, during the prompt's first run, delivers its next occurrence at
+    its time (as another worker would); the list gets that delivery's outcome and the
+    record right after it."""
+    seen: list[Any] = []
+
+    def body(_: dict[str, Any]) -> None:
+        if len(runner.calls) == 1:
+            seen.extend([deliver_due(p, clock).outcome, get(p)])
+
+    runner.during = body
+    return seen
+
+
 def overlap_skipped(platform: str = "tg") -> float:
     """The count as the exporter shows it (``scheduled_prompts_overlap_skipped_total``)."""
     snap = api.run(metrics.snapshot(scope(), utcnow()))
@@ -318,20 +332,12 @@ def test_an_allow_run_that_fails_is_retried_as_the_same_run(clock: Clock, runner
 
 def test_allow_counts_runs_as_they_start_against_max_runs(clock: Clock, runner: Runner) -> None:
     p = schedule(overlap="allow", max_runs=2)
-    first = p.next_run_at
-    assert first is not None
-    inside: list[ScheduledPrompt] = []
-
-    def nested(payload: dict[str, Any]) -> None:
-        if len(runner.calls) == 1:
-            clock.now = first + 5 * MINUTE
-            deliver_due(p, clock)  # the second (and last) run starts during the first
-            inside.append(get(p))
-
-    runner.during = nested
+    seen = next_during_first(runner, clock, p)  # the second (and last) run, during the first
     deliver_due(p, clock)
-    assert inside[0].status.value == "executed" and inside[0].next_run_at is None
-    assert inside[0].run_count == 2
+    second, inside = seen
+    assert second is Outcome.DELIVERED
+    assert inside.status.value == "executed" and inside.next_run_at is None
+    assert inside.run_count == 2
     after = get(p)
     assert after.status.value == "executed" and after.run_count == 2
     assert len(runner.calls) == 2
@@ -342,19 +348,10 @@ def test_allow_runs_count_against_the_platforms_concurrency_limit(
 ) -> None:
     sp.configure(redis_url=redis_url, concurrency_limits="tg=1")
     p = schedule(overlap="allow")
-    first = p.next_run_at
-    assert first is not None
-    outcomes: list[Outcome] = []
-
-    def nested(_: dict[str, Any]) -> None:
-        if len(runner.calls) == 1:
-            clock.now = first + 5 * MINUTE
-            outcomes.append(deliver_due(p, clock).outcome)
-
-    runner.during = nested
+    seen = next_during_first(runner, clock, p)
     deliver_due(p, clock)
     # The second occurrence waited for the first run's slot (a 'tg' run at a time).
-    assert outcomes == [Outcome.LIMITED]
+    assert seen[0] is Outcome.LIMITED
     assert len(runner.calls) == 1
     assert deliver_due(p, clock).outcome is Outcome.DELIVERED
 
