@@ -291,7 +291,7 @@ class Claims:
         when the record changed since it was claimed (the claim is then given back, and
         the occurrence stays in flight to be claimed again)."""
         d = claimed.delivery
-        run = Delivery(d.prompt_id, occurrence_ms, detached=True)
+        run = Delivery(d.prompt_id, occurrence_ms, detached=True, shard=d.shard)
         capped = self.ctx.settings.limits.concurrency.get(new.platform)
         running = self.ctx.keys.running(new.platform) if capped else ""
         deadline = to_ms(now) + redrive_delay(self.ctx)

@@ -6,6 +6,11 @@
     redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/DB]
     rediss+sentinel://...   (TLS to the data nodes and to the sentinels)
 
+or a Redis Cluster URL naming some of its nodes (the client learns the others)::
+
+    redis+cluster://[user:password@]host:port[,host:port...]/
+    rediss+cluster://...    (TLS)
+
 The user and password are the data nodes'; the sentinels' own password is
 ``SCHEDULED_PROMPTS_SENTINEL_PASSWORD``. Every client the package makes — the API's, the
 asyncio API's, the CLI's, ``doctor``'s — is built here, so each follows the primary the
@@ -15,18 +20,22 @@ sentinels name and finds the new one after a failover.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 
 from .errors import StoreUnavailable
 from .keys import Keys
 from .settings import (
+    ClusterTarget,
     SentinelTarget,
     Settings,
+    cluster_target,
     get_settings,
     mask_url,
     on_reset,
@@ -91,22 +100,40 @@ class _AsyncSentinelRedis(redis.asyncio.Redis):
             await link.aclose()
 
 
-def new_redis(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
-    """A new ``redis.Redis`` for ``settings.redis_url`` (plain or Sentinel URL).
+def _cluster_kwargs(target: ClusterTarget, kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = dict(kwargs, username=target.username, password=target.password)
+    if target.tls:
+        options.update(ssl=True, **target.tls_options)
+    return options
 
-    Raises :class:`StoreUnavailable` for a URL it cannot use, the URL masked.
+
+def new_redis(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
+    """A new client for ``settings.redis_url`` (plain, Sentinel or Cluster URL).
+
+    A Redis Cluster's client (``redis.cluster.RedisCluster``) answers every command the
+    store sends as ``redis.Redis`` does, each routed to the node of its keys' slot; it
+    is typed as one. Raises :class:`StoreUnavailable` for a URL it cannot use, masked.
     """
     kwargs = client_kwargs(settings, timeout)
     try:
+        cluster = cluster_target(settings.redis_url)
+        if cluster is not None:
+            nodes = [redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]
+            client: Any = redis.cluster.RedisCluster(
+                startup_nodes=nodes, **_cluster_kwargs(cluster, kwargs)
+            )
+            return cast(redis.Redis, client)
         target = sentinel_target(settings.redis_url)
         if target is None:
             return redis.Redis.from_url(settings.redis_url, **kwargs)
     except ValueError as exc:
         raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
+    except redis.RedisError as exc:  # a cluster client asks its nodes for the slots
+        raise unavailable(exc, settings) from exc
     watch, node = _sentinel_kwargs(settings, target, kwargs)
-    manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)  # type: ignore[no-untyped-call]
-    client: redis.Redis = manager.master_for(target.service, redis_class=_SentinelRedis)  # type: ignore[no-untyped-call]
-    return client
+    manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)
+    primary: redis.Redis = manager.master_for(target.service, redis_class=_SentinelRedis)
+    return primary
 
 
 def new_async_redis(settings: Settings | None = None) -> redis.asyncio.Redis:
@@ -114,17 +141,25 @@ def new_async_redis(settings: Settings | None = None) -> redis.asyncio.Redis:
     settings = settings or get_settings()
     kwargs = client_kwargs(settings)
     try:
+        cluster = cluster_target(settings.redis_url)
+        if cluster is not None:
+            nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in cluster.nodes]
+            kwargs.pop("health_check_interval")  # not an option of the asyncio cluster client
+            aclient: Any = redis.asyncio.cluster.RedisCluster(
+                startup_nodes=nodes, **_cluster_kwargs(cluster, kwargs)
+            )
+            return cast(redis.asyncio.Redis, aclient)
         target = sentinel_target(settings.redis_url)
         if target is None:
             return redis.asyncio.Redis.from_url(settings.redis_url, **kwargs)
     except ValueError as exc:
         raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
     watch, node = _sentinel_kwargs(settings, target, kwargs)
-    manager = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)  # type: ignore[no-untyped-call]
-    client: redis.asyncio.Redis = manager.master_for(
+    manager = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)
+    primary: redis.asyncio.Redis = manager.master_for(
         target.service, redis_class=_AsyncSentinelRedis
     )
-    return client
+    return primary
 
 
 def get_redis() -> redis.Redis:

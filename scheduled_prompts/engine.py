@@ -64,41 +64,56 @@ def tick(
 
 
 def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
-    """Promote what is due within the horizon and re-drive what overran its deadline.
+    """Promote what is due within the horizon and re-drive what overran its deadline, in
+    every shard.
 
-    Costs O(due + overdue): both are range reads on sorted sets. A broker that refuses
-    the occurrences never fails a tick: they stay in flight and the next ticks re-drive
-    them.
+    Costs O(shards + due + overdue): both are range reads on sorted sets. A broker that
+    refuses the occurrences never fails a tick: they stay in flight and the next ticks
+    re-drive them.
     """
     started = time.perf_counter()
+    promoted = redriven = 0
+    for shard in ctx.every_shard():
+        promoted += yield from _promote_due(shard, now)
+        redriven += yield from _redrive(shard, now)
+    counts = Batch()
+    took = counts.add(tick_increments(time.perf_counter() - started))
+    for shard in ctx.every_shard():
+        # The tick is counted once, in shard 0; each shard says if its counts are whole.
+        fields = counts.fields() if shard.number == 0 else "[]"
+        keys = [shard.keys.beat, shard.keys.metrics, shard.keys.counts]
+        spent = took if shard.number == 0 else ""
+        counted = yield store.Eval(store.TICKED, keys, [to_ms(now), spent, fields])
+        if not int(counted):
+            # Data from before the status counts (or a recount asked for): a few pages a tick.
+            yield from metrics.recount(shard, now, pages=metrics.RECOUNT_PAGES_PER_TICK)
+    return {"promoted": promoted, "redriven": redriven}
+
+
+def _promote_due(ctx: Scope, now: datetime) -> Plan[int]:
     promoted = 0
     while True:
         rows = yield promote_op(ctx, now, limit=1000)
-        batch = parse_promoted(rows)
+        batch = parse_promoted(rows, ctx.number)
         if batch:
             yield Enqueue(batch)
         promoted += len(batch)
         if int(rows[0]) < 1000:  # the due index has nothing more within the horizon
-            break
+            return promoted
+
+
+def _redrive(ctx: Scope, now: datetime) -> Plan[int]:
     redriven = 0
     deadline = to_ms(now) + redrive_delay(ctx)
     while True:
         keys = yield store.Eval(store.REDRIVE, [ctx.keys.inflight], [to_ms(now), 1000, deadline])
-        batch = [Delivery.from_key(store.as_text(k)) for k in keys]
+        batch = [Delivery.from_key(store.as_text(k), ctx.number) for k in keys]
         if batch:
             log.warning("re-driving %d occurrence(s) past their deadline", len(batch))
             yield Enqueue(batch)
         redriven += len(batch)
         if len(batch) < 1000:
-            break
-    counts = Batch()
-    took = counts.add(tick_increments(time.perf_counter() - started))
-    keys = [ctx.keys.beat, ctx.keys.metrics, ctx.keys.counts]
-    counted = yield store.Eval(store.TICKED, keys, [to_ms(now), took, counts.fields()])
-    if not int(counted):
-        # Data from before the status counts (or a recount asked for): a few pages a tick.
-        yield from metrics.recount(ctx, now, pages=metrics.RECOUNT_PAGES_PER_TICK)
-    return {"promoted": promoted, "redriven": redriven}
+            return redriven
 
 
 def backoff(attempt: int) -> float:
@@ -175,7 +190,7 @@ def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) ->
     """
     deadline = delivery.occurrence_ms + redrive_delay(ctx)
     keys = client.zrangebyscore(ctx.keys.inflight, deadline, deadline, start=0, num=limit + 1)
-    found = (Delivery.from_key(str(k)) for k in keys)
+    found = (Delivery.from_key(str(k), ctx.number) for k in keys)
     same = [
         d
         for d in found

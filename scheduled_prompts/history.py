@@ -100,8 +100,9 @@ def decode(stream_id: str | bytes, fields: Mapping[str, str]) -> Entry | None:
 
 
 def recent(ctx: Scope, prompt_id: str | None = None, limit: int = 10) -> Plan[list[Entry]]:
-    """The newest steps, newest first; with ``prompt_id``, that prompt's only (read from
-    the whole log at most: a prompt not delivered lately has none)."""
+    """The newest steps of ``ctx``'s shard, newest first; with ``prompt_id``, that prompt's
+    only (``ctx`` is then the prompt's shard; read from the whole log at most: a prompt not
+    delivered lately has none)."""
     found: list[Entry] = []
     end = "+"
     while len(found) < limit:
@@ -114,9 +115,13 @@ def recent(ctx: Scope, prompt_id: str | None = None, limit: int = 10) -> Plan[li
 
 
 def failures(ctx: Scope, limit: int = 50) -> Plan[list[Entry]]:
-    """The newest failed and retried steps, newest first."""
-    rows = yield store.Command(("XREVRANGE", ctx.keys.failures, "+", "-", "COUNT", limit))
-    return _matching(rows, None)
+    """The newest failed and retried steps of every shard, newest first."""
+    found: list[Entry] = []
+    for shard in ctx.every_shard():
+        rows = yield store.Command(("XREVRANGE", shard.keys.failures, "+", "-", "COUNT", limit))
+        found += _matching(rows, None)
+    found.sort(key=lambda entry: entry.at, reverse=True)  # stable: a shard's order stays
+    return found[:limit]
 
 
 def _matching(rows: Sequence[Any], prompt_id: str | None) -> list[Entry]:

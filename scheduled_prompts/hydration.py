@@ -44,6 +44,24 @@ def hydrate(
         log.info("hydration skipped: another worker holds the lock")
         return 0
     taken = published = 0
+    shards = ctx.every_shard()
+    for i, shard in enumerate(shards):
+        share = -(-(budget - taken) // (len(shards) - i))  # what is left, spread evenly
+        if share <= 0:
+            break
+        took, sent = yield from _hydrate_shard(shard, now, platforms, share)
+        taken += took
+        published += sent
+    yield store.Eval(store.LOCK, lock, [token, ""])
+    log.info("hydration published %d occurrence(s)", published)
+    return published
+
+
+def _hydrate_shard(
+    ctx: Scope, now: datetime, platforms: set[str] | None, budget: int
+) -> Plan[tuple[int, int]]:
+    """(occurrences taken, published) of one shard, at most ``budget`` taken."""
+    taken = published = 0
     # 1. Occurrences already handed to Celery whose task may have been lost.
     offset = 0
     while taken < budget:
@@ -51,7 +69,7 @@ def hydrate(
         if not keys:
             break
         offset += len(keys)
-        batch = [Delivery.from_key(store.as_text(k)) for k in keys]
+        batch = [Delivery.from_key(store.as_text(k), ctx.number) for k in keys]
         batch = (yield from _on_platforms(ctx, batch, platforms))[: budget - taken]
         taken += len(batch)
         if batch:
@@ -70,13 +88,11 @@ def hydrate(
         offset += len(rows) - len(wanted)
         if not wanted:
             continue
-        batch = parse_promoted((yield promote_op(ctx, now, wanted)))
+        batch = parse_promoted((yield promote_op(ctx, now, wanted)), ctx.number)
         taken += len(batch)
         if batch:
             published += yield Enqueue(batch)
-    yield store.Eval(store.LOCK, lock, [token, ""])
-    log.info("hydration published %d occurrence(s)", published)
-    return published
+    return taken, published
 
 
 def _on_platforms(

@@ -28,8 +28,9 @@ key                        type     holds
 ``P:log:failures``         stream   recent failed and retried steps, capped
 =========================  =======  ====================================================
 
-With ``SHARDS`` > 1 every name above is under ``P:{n}`` (shard ``n``'s hash tag, see
-:meth:`Keys.shard`); with one shard the names are exactly these.
+With ``SHARDS`` > 1, or on a Redis Cluster, every name above is under ``P:{n}`` (shard
+``n``'s hash tag, see :meth:`Keys.shard`); with one shard on one Redis the names are
+exactly these.
 
 ``{occurrence}`` is an in-flight key: ``{prompt_id}:{epoch_ms}``,
 ``{prompt_id}:trigger:{epoch_ms}`` for a :func:`trigger_prompt` delivery, or
@@ -62,14 +63,14 @@ class Keys:
                 f"got {self.prefix!r}"
             )
 
-    def shard(self, number: int, shards: int) -> Keys:
-        """The names of shard ``number`` of ``shards``: with one shard these names
-        themselves; with more, every name under ``P:{number}`` — one hash tag, so a
-        Redis Cluster keeps all of a shard's keys in one slot and a script can touch any
-        of them."""
+    def shard(self, number: int, shards: int, *, tagged: bool = False) -> Keys:
+        """The names of shard ``number`` of ``shards``: with one shard (and not
+        ``tagged``) these names themselves; else every name under ``P:{number}`` — one
+        hash tag, so a Redis Cluster keeps all of a shard's keys in one slot and a script
+        can touch any of them (a cluster store is tagged even with one shard)."""
         if not 0 <= number < max(shards, 1):
             raise ValueError(f"shard must be in [0, {shards}), got {number}")
-        if shards <= 1:
+        if shards <= 1 and not tagged:
             return self
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError(

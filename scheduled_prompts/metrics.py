@@ -176,14 +176,26 @@ def recount(
     return False
 
 
+def recount_all(
+    ctx: Scope, now: datetime, *, progress: Callable[[int], None] | None = None
+) -> Plan[None]:
+    """Recount every shard from the start (``scheduled-prompts recount``)."""
+    for shard in ctx.every_shard():
+        yield from recount(shard, now, restart=True, progress=progress)
+
+
 def statuses(ctx: Scope) -> Plan[dict[str, int] | None]:
-    """Stored prompts by status (every status, zeros included; ``unreadable`` when a
-    recount found records it could not read), or None while the count is incomplete."""
-    counts = store.as_mapping((yield store.Command(("HGETALL", ctx.keys.counts))))
-    if "counted" not in counts:
-        return None
+    """Stored prompts by status over every shard (every status, zeros included;
+    ``unreadable`` when a recount found records it could not read), or None while the
+    count of a shard is incomplete."""
     out = {s.value: 0 for s in Status}
-    out.update({k: int(v) for k, v in counts.items() if k != "counted"})
+    for shard in ctx.every_shard():
+        counts = store.as_mapping((yield store.Command(("HGETALL", shard.keys.counts))))
+        if "counted" not in counts:
+            return None
+        for status, n in counts.items():
+            if status != "counted":
+                out[status] = out.get(status, 0) + int(n)
     return out
 
 
@@ -202,24 +214,34 @@ class Snapshot:
 
 
 def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
-    """Read the metrics hash and the gauges. Costs O(series + in flight): the in-flight
-    set holds only occurrences within the horizon, never the stored prompts."""
-    keys, now_ms = ctx.keys, to_ms(now)
-    raw = yield store.Command(("HGETALL", keys.metrics))
-    overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
-    first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
-    members = yield store.Command(("ZRANGE", keys.inflight, 0, -1))
-    # A detached run (``overlap="allow"``) started already: it is running, not overdue.
-    flights = (Delivery.from_key(store.as_text(m)) for m in members)
-    handed = [d.occurrence_ms for d in flights if not d.detached]
-    past = [ms for ms in handed if ms <= now_ms]
-    oldest = [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
-    beat = yield store.Command(("GET", keys.beat))
+    """Read the metrics hashes and the gauges of every shard. Costs O(shards + series +
+    in flight): the in-flight sets hold only occurrences within the horizon, never the
+    stored prompts."""
+    now_ms = to_ms(now)
+    series: dict[tuple[str, ...], float] = {}
+    backlog = inflight = 0
+    oldest: list[int] = [0]
+    for shard in ctx.every_shard():
+        keys = shard.keys
+        raw = yield store.Command(("HGETALL", keys.metrics))
+        for name, value in decode(store.as_mapping(raw)).items():
+            series[name] = series.get(name, 0) + value
+        overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
+        first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
+        members = yield store.Command(("ZRANGE", keys.inflight, 0, -1))
+        # A detached run (``overlap="allow"``) started already: it is running, not overdue.
+        flights = (Delivery.from_key(store.as_text(m)) for m in members)
+        handed = [d.occurrence_ms for d in flights if not d.detached]
+        past = [ms for ms in handed if ms <= now_ms]
+        oldest += [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
+        backlog += overdue + len(past)
+        inflight += len(handed)
+    beat = yield store.Command(("GET", ctx.shard(0).keys.beat))
     return Snapshot(
-        series=decode(store.as_mapping(raw)),
+        series=series,
         statuses=(yield from statuses(ctx)),
-        due_backlog=overdue + len(past),
-        inflight=len(handed),
-        oldest_overdue_seconds=max([0, *oldest]) / 1000,
+        due_backlog=backlog,
+        inflight=inflight,
+        oldest_overdue_seconds=max(oldest) / 1000,
         last_tick=None if beat is None else int(beat) / 1000,
     )

@@ -25,13 +25,15 @@ class Delivery:
     A scheduled occurrence is named by its due instant. A ``trigger`` is an extra
     delivery asked for at that instant. A ``detached`` one is a run of a cron prompt
     with ``overlap="allow"``: started at its nominal time (``occurrence_ms``) while the
-    schedule moved on, it is delivered under a lease of its own.
+    schedule moved on, it is delivered under a lease of its own. ``shard`` is the store
+    shard holding the prompt (0 with one).
     """
 
     prompt_id: str
     occurrence_ms: int
     trigger: bool = False
     detached: bool = False
+    shard: int = 0
 
     @property
     def key(self) -> str:
@@ -43,14 +45,14 @@ class Delivery:
         return f"{self.prompt_id}{middle}:{self.occurrence_ms}"
 
     @classmethod
-    def from_key(cls, key: str) -> Delivery:
+    def from_key(cls, key: str, shard: int = 0) -> Delivery:
         if key.endswith(":run"):  # no other key ends in letters: they end in the ms
             head, _, ms = key[: -len(":run")].rpartition(":")
-            return cls(head, int(ms), detached=True)
+            return cls(head, int(ms), detached=True, shard=shard)
         head, _, ms = key.rpartition(":")
         if head.endswith(":trigger"):
-            return cls(head[: -len(":trigger")], int(ms), trigger=True)
-        return cls(head, int(ms))
+            return cls(head[: -len(":trigger")], int(ms), trigger=True, shard=shard)
+        return cls(head, int(ms), shard=shard)
 
     @property
     def scheduled(self) -> bool:
@@ -64,11 +66,15 @@ class Delivery:
         return self.key if self.detached else self.prompt_id
 
     @property
-    def task_kwargs(self) -> dict[str, bool]:
-        """What a ``deliver`` task gets besides the id and ms."""
+    def task_kwargs(self) -> dict[str, bool | int]:
+        """What a ``deliver`` task gets besides the id and ms (nothing for a scheduled
+        occurrence in shard 0: the message a single Redis has always sent)."""
+        kwargs: dict[str, bool | int] = {"shard": self.shard} if self.shard else {}
         if self.trigger:
-            return {"trigger": True}
-        return {"detached": True} if self.detached else {}
+            kwargs["trigger"] = True
+        elif self.detached:
+            kwargs["detached"] = True
+        return kwargs
 
     @property
     def eta(self) -> datetime:
@@ -118,9 +124,10 @@ def promote_op(ctx: Scope, now: datetime, ids: Sequence[str] = (), limit: int = 
     )
 
 
-def parse_promoted(rows: Sequence[Any]) -> list[Delivery]:
-    """The deliveries of a PROMOTE result (its first element is the count it took)."""
-    return [Delivery(str(rows[i]), int(rows[i + 1])) for i in range(1, len(rows), 2)]
+def parse_promoted(rows: Sequence[Any], shard: int = 0) -> list[Delivery]:
+    """The deliveries of a PROMOTE result (its first element is the count it took) in
+    ``shard``."""
+    return [Delivery(str(rows[i]), int(rows[i + 1]), shard=shard) for i in range(1, len(rows), 2)]
 
 
 def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[list[Delivery]]:
@@ -130,20 +137,20 @@ def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[l
     ``window_ms`` of its first and it holds fewer than ``size``. A group is sent for its
     latest occurrence, so none fires early and none later than ``window_ms``. Triggers
     (one extra delivery, sent as it is asked for), detached runs and ``size`` 1 give one
-    group each.
+    group each; a group holds one shard's occurrences.
     """
     groups: list[list[Delivery]] = []
-    current: list[Delivery] = []
+    current: dict[int, list[Delivery]] = {}  # by shard
     for d in sorted(deliveries, key=lambda d: d.occurrence_ms):
         if not d.scheduled or size <= 1:
             groups.append([d])
             continue
-        if current and (
-            len(current) >= size or d.occurrence_ms - current[0].occurrence_ms > window_ms
-        ):
-            groups.append(current)
-            current = []
-        current.append(d)
-    if current:
-        groups.append(current)
+        group = current.get(d.shard)
+        if group and (len(group) >= size or d.occurrence_ms - group[0].occurrence_ms > window_ms):
+            groups.append(group)
+            group = None
+        if not group:
+            group = current[d.shard] = []
+        group.append(d)
+    groups += [group for group in current.values() if group]
     return groups

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import store
+from . import shards, store
 from ._time import from_ms, to_ms
 from .errors import InvalidSchedule
 from .models import RecordError, ScheduledPrompt, Status
@@ -28,8 +28,9 @@ PAGE = 1000
 
 
 def count(ctx: Scope) -> Plan[int]:
-    """How many prompts are stored."""
-    return int((yield store.Command(("ZCARD", ctx.keys.ids))))
+    """How many prompts are stored (in every shard)."""
+    sizes = yield store.Commands([("ZCARD", shard.keys.ids) for shard in ctx.every_shard()])
+    return sum(int(n) for n in sizes)
 
 
 def stats(
@@ -45,7 +46,7 @@ def stats(
         page = yield from _raw_page(ctx, after)
         if not page:
             break
-        for _, raw in page:
+        for _, _, raw in page:
             try:
                 counts[json.loads(raw or "")["status"]] += 1
             except (ValueError, KeyError, TypeError):
@@ -54,15 +55,19 @@ def stats(
         if progress is not None:
             progress(len(page))
     now_ms = to_ms(now)
-    keys = ctx.keys
-    overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
-    soon = int((yield store.Command(("ZCOUNT", keys.due, now_ms, horizon_ms(ctx, now)))))
-    first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
-    oldest = [now_ms - int(score) for _, score in first]
-    stuck = yield store.RangeByScore(keys.inflight, now_ms, 0, 100)
-    oldest += [now_ms - Delivery.from_key(key).occurrence_ms for key, _ in stuck]
-    in_flight = int((yield store.Command(("ZCARD", keys.inflight))))
-    beat = yield store.Command(("GET", keys.beat))
+    overdue = soon = in_flight = stuck = 0
+    oldest: list[int] = []
+    for shard in ctx.every_shard():
+        keys = shard.keys
+        overdue += int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
+        soon += int((yield store.Command(("ZCOUNT", keys.due, now_ms, horizon_ms(ctx, now)))))
+        first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
+        oldest += [now_ms - int(score) for _, score in first]
+        late = yield store.RangeByScore(keys.inflight, now_ms, 0, 100)
+        oldest += [now_ms - Delivery.from_key(key).occurrence_ms for key, _ in late]
+        stuck += len(late)
+        in_flight += int((yield store.Command(("ZCARD", keys.inflight))))
+    beat = yield store.Command(("GET", ctx.shard(0).keys.beat))
     by_status = {s.value: counts.get(s.value, 0) for s in Status}
     if counts["unreadable"]:
         by_status["unreadable"] = counts["unreadable"]
@@ -72,7 +77,7 @@ def stats(
         "due_overdue": overdue,
         "due_within_horizon": soon,
         "in_flight": in_flight,
-        "in_flight_past_deadline": len(stuck),
+        "in_flight_past_deadline": stuck,
         "oldest_overdue_seconds": round(max([0, *oldest]) / 1000, 3),
         "last_tick": None if beat is None else from_ms(int(beat)).isoformat(),
     }
@@ -90,30 +95,27 @@ class ExportPage:
 
 
 def export_page(ctx: Scope, after: str | None = None) -> Plan[ExportPage]:
-    """One page of every stored prompt, after the id ``after``."""
+    """One page of every stored prompt (every shard, in id order), after the id ``after``."""
     page = yield from _raw_page(ctx, after)
     records: list[ScheduledPrompt] = []
     skipped: list[tuple[str, str]] = []
-    for prompt_id, raw in page:
+    for _, key, raw in page:
         if raw is None:
-            skipped.append((ctx.keys.prompt(prompt_id), "missing record"))
+            skipped.append((key, "missing record"))
             continue
         try:
             records.append(ScheduledPrompt.from_json(raw))
         except RecordError as exc:
-            skipped.append((ctx.keys.prompt(prompt_id), f"unreadable ({exc})"))
+            skipped.append((key, f"unreadable ({exc})"))
     more = page[-1][0] if len(page) == PAGE else None
     return ExportPage(records, skipped, len(page), more)
 
 
-def _raw_page(ctx: Scope, after: str | None) -> Plan[list[tuple[str, str | None]]]:
-    ids = yield store.RangeByLex(ctx.keys.ids, after, PAGE)
-    if not ids:
-        return []
-    raws = yield store.Read([ctx.keys.prompt(i) for i in ids])
-    return [
-        (i, None if raw is None else store.as_text(raw)) for i, raw in zip(ids, raws, strict=True)
-    ]
+def _raw_page(ctx: Scope, after: str | None) -> Plan[list[tuple[str, str, str | None]]]:
+    """(id, record key, stored JSON) of up to :data:`PAGE` ids after ``after``."""
+    rows = yield from shards.ids_after(ctx, after, PAGE)
+    raws = yield from shards.read(rows)
+    return [(i, shard.keys.prompt(i), raw) for (i, shard), raw in zip(rows, raws, strict=True)]
 
 
 def parse_export_line(line: str, ctx: Scope) -> ScheduledPrompt:
@@ -171,8 +173,9 @@ def import_records(
         except InvalidSchedule:
             result.skipped["invalid record"] += 1
             continue
+        home = ctx.of_user(record.user_id)
         outcome = yield ctx.durable(
-            store.put_op(ctx.keys, [Put(record, None)], ctx.settings.max_prompts_per_user)
+            store.put_op(home.keys, [Put(record, None)], ctx.settings.max_prompts_per_user)
         )
         state = store.as_text(outcome[0])
         if state == "ok":
@@ -227,7 +230,7 @@ def store_health(ctx: Scope, now: datetime) -> Plan[list[Check]]:
         else:
             detail = "off: a restart loses every prompt; set appendonly yes"
         checks.append(Check("persistence", aof, detail))
-    last = yield store.Command(("GET", ctx.keys.beat))
+    last = yield store.Command(("GET", ctx.shard(0).keys.beat))
     tick = ctx.settings.tick_seconds
     if last is None:
         checks.append(Check("beat", False, "no tick recorded: is `celery beat` running?"))

@@ -24,6 +24,18 @@ def cleanup(ctx: Scope, days_to_keep: object, now: datetime) -> Plan[dict[str, A
             "error": f"days_to_keep must be a number of days from 0 to 36500, got {days_to_keep!r}"
         }
     cutoff = to_ms(now - timedelta(days=days_to_keep))
+    deleted = 0
+    for shard in ctx.every_shard():
+        deleted += yield from _cleanup_shard(shard, cutoff)
+    return {
+        "success": True,
+        "message": f"deleted {deleted} prompt(s) finished more than {days_to_keep} day(s) ago",
+        "days_kept": days_to_keep,
+        "deleted": deleted,
+    }
+
+
+def _cleanup_shard(ctx: Scope, cutoff: int) -> Plan[int]:
     deleted = skipped = 0
     while True:
         rows = yield store.RangeByScore(ctx.keys.finished, cutoff, skipped, 500)
@@ -47,12 +59,7 @@ def cleanup(ctx: Scope, days_to_keep: object, now: datetime) -> Plan[dict[str, A
         if doomed:
             deleted += int((yield store.delete_op(ctx.keys, doomed)))
         skipped += len(rows) - len(doomed)
-    return {
-        "success": True,
-        "message": f"deleted {deleted} prompt(s) finished more than {days_to_keep} day(s) ago",
-        "days_kept": days_to_keep,
-        "deleted": deleted,
-    }
+    return deleted
 
 
 def report(ctx: Scope, days_to_keep: object, now: datetime) -> Plan[str]:

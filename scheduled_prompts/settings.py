@@ -24,6 +24,13 @@ ENV_PREFIX = "SCHEDULED_PROMPTS_"
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 SENTINEL_PORT = 26379
 SENTINEL_FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/DB]"
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+CLUSTER_FORM = "redis+cluster://[user:password@]host:port[,host:port...]/"
+REDIS_PORT = 6379
+#: Shards a Redis Cluster store is spread over unless ``SCHEDULED_PROMPTS_SHARDS`` says.
+CLUSTER_SHARDS = 16
+#: Most shards a store may have: tick and hydration visit every one.
+MAX_SHARDS = 1024
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_password")
 
 
@@ -37,10 +44,19 @@ class Settings:
 
     redis_url: str = _setting(
         "redis://127.0.0.1:6379/0",
-        "Redis holding the prompts: a redis-py URL, or `redis+sentinel://` naming its sentinels.",
+        "Redis holding the prompts: a redis-py URL, `redis+sentinel://` naming its sentinels, "
+        "or `redis+cluster://` naming nodes of a Redis Cluster.",
     )
     broker_url: str | None = _setting(
-        None, "Celery broker; unset means the same Redis as `redis_url` (Sentinel too)."
+        None,
+        "Celery broker; unset means the same Redis as `redis_url` (Sentinel too). Required "
+        "with a Redis Cluster store, which cannot be the broker.",
+    )
+    shards: int | None = _setting(
+        None,
+        f"Hash-tagged shards the store's keys are grouped in (1 to {MAX_SHARDS}); unset "
+        f"means {CLUSTER_SHARDS} on a Redis Cluster, 1 elsewhere. Changing it on stored "
+        "data needs an export and import.",
     )
     key_prefix: str = _setting("sp", "Prefix of every Redis key the store writes.")
     queue: str = _setting(
@@ -130,6 +146,18 @@ class Settings:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
+    def cluster(self) -> bool:
+        """Whether the store is a Redis Cluster (``redis+cluster://``)."""
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def shard_count(self) -> int:
+        """``shards``, or its default for the store's kind."""
+        if self.shards is not None:
+            return self.shards
+        return CLUSTER_SHARDS if self.cluster else 1
+
+    @property
     def limits(self) -> Limits:
         """The parsed rate and concurrency limits (see ``limits.py``)."""
         return limits(self.rate_limits, self.concurrency_limits)
@@ -208,8 +236,19 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     if isinstance(url, str):
         try:
             sentinel_target(url)
+            cluster_target(url)
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}REDIS_URL={exc}") from None
+    _check_broker(values.get("redis_url", Settings.redis_url), values.get("broker_url"))
+    if is_cluster_url(values.get("redis_url", Settings.redis_url)) and values.get("min_replicas"):
+        raise ValueError(
+            f"{ENV_PREFIX}MIN_REPLICAS is not supported with a Redis Cluster store (WAIT "
+            "would have to follow each write on its own primary's connection); leave it 0 "
+            "and use the cluster's own min-replicas-to-write"
+        )
+    shards = values.get("shards")
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"{ENV_PREFIX}SHARDS must be from 1 to {MAX_SHARDS}, got {shards}")
     for name, parse in (("rate_limits", parse_rates), ("concurrency_limits", parse_concurrency)):
         try:
             parse(values.get(name))
@@ -336,19 +375,97 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     return SentinelTarget(sentinels, unquote(parts[0]), db, username, password, tls, options)
 
 
-def _host_port(text: str, bad: Any) -> tuple[str, int]:
+def is_cluster_url(url: str) -> bool:
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in CLUSTER_SCHEMES
+
+
+#: Why a Redis Cluster cannot carry the Celery messages (``doctor`` and start say it).
+CLUSTER_BROKER = (
+    "a Redis Cluster cannot be the Celery broker (kombu's Redis transport needs one "
+    "Redis: its queues and the keys of one message live in different slots)"
+)
+
+
+def _check_broker(redis_url: str, broker_url: str | None) -> None:
+    """Refuse a Redis Cluster as the Celery broker, named or implied."""
+    advice = (
+        f"set {ENV_PREFIX}BROKER_URL to RabbitMQ (amqp://...) or to a plain Redis "
+        "(redis://...) of its own"
+    )
+    if broker_url is not None and is_cluster_url(broker_url):
+        raise ValueError(
+            f"{ENV_PREFIX}BROKER_URL={mask_url(broker_url)}: {CLUSTER_BROKER}; {advice}"
+        )
+    if broker_url is None and is_cluster_url(redis_url):
+        raise ValueError(
+            f"{ENV_PREFIX}REDIS_URL={mask_url(redis_url)} is a Redis Cluster and "
+            f"{ENV_PREFIX}BROKER_URL is unset, so the broker would be the store: "
+            f"{CLUSTER_BROKER}; {advice}"
+        )
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """What a ``redis+cluster://`` URL names: nodes to start from (any of the cluster's;
+    the client learns the rest) and the data nodes' credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_options: Mapping[str, str] = field(default_factory=dict)
+
+
+def cluster_target(url: str) -> ClusterTarget | None:
+    """The nodes ``url`` names; None when it is not a Redis Cluster URL.
+
+    Raises ValueError, saying what is accepted, for a malformed one.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        return None
+    shown = mask_url(url)
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{shown}: {problem}; expected {CLUSTER_FORM} (rediss+cluster for TLS)")
+
+    tls = CLUSTER_SCHEMES[scheme.lower()]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_host_port(part, bad, "node", REDIS_PORT) for part in hosts.split(","))
+    if path.strip("/") not in ("", "0"):
+        raise bad(f"a Redis Cluster has database 0 only, got path {'/' + path!r}")
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in TLS_OPTIONS or not tls:
+            accepted = ", ".join(TLS_OPTIONS) + " (with rediss+cluster)"
+            raise bad(f"unknown option {key!r} (accepted: {accepted})")
+        options[key] = value
+    return ClusterTarget(nodes, username, password, tls, options)
+
+
+def _host_port(
+    text: str, bad: Any, what: str = "sentinel", default_port: int = SENTINEL_PORT
+) -> tuple[str, int]:
     if not text:
-        raise bad("a sentinel address is empty")
+        raise bad(f"a {what} address is empty")
     if text.startswith("["):
         host, _, port = text[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
     if not host:
-        raise bad(f"sentinel address {text!r} has no host")
+        raise bad(f"{what} address {text!r} has no host")
     if port and not port.isdigit():
-        raise bad(f"sentinel address {text!r} has a port that is not a number")
-    return host, int(port) if port else SENTINEL_PORT
+        raise bad(f"{what} address {text!r} has a port that is not a number")
+    return host, int(port) if port else default_port
 
 
 def settings_table() -> str:

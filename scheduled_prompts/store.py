@@ -19,11 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._time import to_ms
-from .keys import Keys
+from .keys import Keys, shard_of
 from .models import RecordError, ScheduledPrompt
 from .settings import Settings
 
@@ -78,10 +80,40 @@ _LOADED: set[str] = set()
 
 @dataclass(frozen=True)
 class Scope:
-    """What every store operation needs: the key names and the settings."""
+    """What every store operation needs: the key names of one shard, and the settings.
 
-    keys: Keys
+    ``Scope(Keys(prefix), settings)`` is shard 0; :meth:`shard`, :meth:`of_user` and
+    :meth:`every_shard` give the others. With one shard on one Redis, ``keys`` are
+    ``root`` itself: the names a single Redis has always had.
+    """
+
+    root: Keys
     settings: Settings
+    number: int = 0
+    keys: Keys = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tagged = self.settings.cluster
+        keys = self.root.shard(self.number, self.settings.shard_count, tagged=tagged)
+        object.__setattr__(self, "keys", keys)
+
+    @property
+    def shards(self) -> int:
+        return self.settings.shard_count
+
+    def shard(self, number: int) -> Scope:
+        """Shard ``number``'s scope."""
+        return self if number == self.number else Scope(self.root, self.settings, number)
+
+    def of_user(self, user_id: str) -> Scope:
+        """The scope of the shard that holds ``user_id``'s prompts."""
+        return self.shard(shard_of(user_id, self.shards))
+
+    def every_shard(self) -> list[Scope]:
+        """Every shard's scope, in shard order (``[self]`` with one shard)."""
+        if self.shards == 1:
+            return [self.shard(0)]
+        return [self.shard(n) for n in range(self.shards)]
 
     def durable(self, op: W) -> W:
         """``op`` (a create, change, claim or commit), made to wait for
@@ -729,6 +761,11 @@ def as_mapping(reply: Any) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in zip(items[::2], items[1::2], strict=True)}
 
 
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster's (sync or asyncio), typed as ``Redis``."""
+    return isinstance(client, RedisCluster | AsyncRedisCluster)
+
+
 class Op:
     """One round trip to Redis, runnable on a sync or an async client."""
 
@@ -941,14 +978,85 @@ class Pipeline(Op):
         return replies[-len(self.ops) :]
 
     def run(self, redis: Redis) -> list[Any]:
+        if is_cluster(redis):
+            return _cluster_evals(redis, self.ops)
         pipe = redis.pipeline(transaction=False)
         self._fill(pipe)
         return self._results(list(pipe.execute()))
 
     async def arun(self, redis: AsyncRedis) -> list[Any]:
+        if is_cluster(redis):
+            return await _acluster_evals(redis, self.ops)
         pipe = redis.pipeline(transaction=False)
         self._fill(pipe)
         return self._results(list(await pipe.execute()))
+
+
+# A Redis Cluster pipeline sends each call to the node of its keys' slot, and cannot
+# carry SCRIPT LOAD: scripts are loaded on every primary first (once per process), and a
+# call a primary answers NOSCRIPT (one promoted since) did not run — it is run again
+# alone, which loads the script where it is missing.
+
+
+def _not_loaded(ops: Sequence[Eval]) -> dict[str, str]:
+    return {op.script.sha: op.script.source for op in ops if op.script.sha not in _LOADED}
+
+
+def _cluster_replies(ops: Sequence[Eval], replies: list[Any]) -> list[tuple[Eval, Any]]:
+    """(op, reply) pairs; raises the first error other than NOSCRIPT."""
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+            raise reply
+    return list(zip(ops, replies, strict=True))
+
+
+def _cluster_evals(redis: Any, ops: Sequence[Eval]) -> list[Any]:
+    for sha, source in _not_loaded(ops).items():
+        redis.script_load(source)
+        _LOADED.add(sha)
+    pipe = redis.pipeline(transaction=False)
+    for op in ops:
+        pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+    pairs = _cluster_replies(ops, list(pipe.execute(raise_on_error=False)) if ops else [])
+    return [op.run(redis) if isinstance(r, NoScriptError) else r for op, r in pairs]
+
+
+async def _acluster_evals(redis: Any, ops: Sequence[Eval]) -> list[Any]:
+    for sha, source in _not_loaded(ops).items():
+        await redis.script_load(source)
+        _LOADED.add(sha)
+    pipe = redis.pipeline(transaction=False)
+    for op in ops:
+        pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+    replies = list(await pipe.execute(raise_on_error=False)) if ops else []
+    return [
+        (await op.arun(redis)) if isinstance(r, NoScriptError) else r
+        for op, r in _cluster_replies(ops, replies)
+    ]
+
+
+@dataclass(frozen=True)
+class Commands(Op):
+    """Plain commands in one round trip per Redis node (a pipeline, no transaction): how
+    a read spans shards, whose keys a Redis Cluster keeps on different nodes."""
+
+    commands: Sequence[Sequence[str | int | float]]
+
+    def run(self, redis: Redis) -> list[Any]:
+        if not self.commands:
+            return []
+        pipe: Any = redis.pipeline(transaction=False)
+        for command in self.commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+
+    async def arun(self, redis: AsyncRedis) -> list[Any]:
+        if not self.commands:
+            return []
+        pipe = redis.pipeline(transaction=False)
+        for command in self.commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
 
 
 @dataclass(frozen=True)
@@ -964,6 +1072,8 @@ class Stream(Op):
     wait: Wait | None = None
 
     def run(self, redis: Redis) -> list[Any]:
+        if is_cluster(redis):  # no one connection: calls go to their nodes
+            return Pipeline(list(self.ops), self.wait).run(redis)
         pool = redis.connection_pool
         conn: Any = pool.get_connection()  # redis-py's Connection is untyped
         wanted: list[bool] = []  # per command sent: is its reply one to return

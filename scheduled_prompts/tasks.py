@@ -79,7 +79,8 @@ def publish(deliveries: Sequence[Delivery]) -> None:
                 )
             else:
                 items = [[d.prompt_id, d.occurrence_ms] for d in group]
-                deliver_batch.apply_async(args=(items,), eta=eta, producer=producer)
+                kwargs = {"shard": last.shard} if last.shard else {}
+                deliver_batch.apply_async(args=(items,), kwargs=kwargs, eta=eta, producer=producer)
 
 
 @app.task(name="scheduled_prompts.tick", ignore_result=True)
@@ -100,6 +101,7 @@ def deliver(
     coalesced_ms: int | None = None,
     slot_ms: int | None = None,
     limited_since_ms: int | None = None,
+    shard: int = 0,
 ) -> str:
     """Deliver one occurrence (by id: the prompt text never travels in the message).
 
@@ -108,8 +110,10 @@ def deliver(
     Those keep their own tasks for anything but success (a failed or busy one is retried
     by its own task, which otherwise finds it done).
     """
-    delivery = Delivery(prompt_id, int(occurrence_ms), trigger=trigger, detached=detached)
-    client, ctx = get_redis(), scope()
+    delivery = Delivery(
+        prompt_id, int(occurrence_ms), trigger=trigger, detached=detached, shard=int(shard)
+    )
+    client, ctx = get_redis(), scope().shard(delivery.shard)
     try:
         others: list[Delivery] = []
         if (
@@ -155,15 +159,17 @@ def _limited(result: Result) -> dict[str, Any]:
 
 
 @app.task(name=DELIVER_BATCH, bind=True, max_retries=None, ignore_result=True)
-def deliver_batch(self: Task, items: list[list[Any]]) -> dict[str, int]:
-    """Deliver occurrences due together: ``items`` is ``[[prompt_id, occurrence_ms], ...]``.
+def deliver_batch(self: Task, items: list[list[Any]], shard: int = 0) -> dict[str, int]:
+    """Deliver occurrences due together: ``items`` is ``[[prompt_id, occurrence_ms], ...]``,
+    all in store shard ``shard``.
 
     One claim and one commit round trip for the lot; an occurrence whose runner failed,
     or whose prompt was busy, continues as its own ``deliver`` task.
     """
-    deliveries = [Delivery(str(pid), int(ms)) for pid, ms in items]
+    ctx = scope().shard(int(shard))
+    deliveries = [Delivery(str(pid), int(ms), shard=ctx.number) for pid, ms in items]
     try:
-        results = engine.deliver_many(get_redis(), scope(), deliveries, stopping=stopping)
+        results = engine.deliver_many(get_redis(), ctx, deliveries, stopping=stopping)
     except (RedisError, StoreUnavailable) as exc:
         # Every occurrence stays in flight in Redis; what was committed is skipped again.
         log.warning("Redis unavailable delivering a batch of %d: %s", len(deliveries), exc)

@@ -483,7 +483,7 @@ def _list(args: dict[str, Any], ctx: ToolContext, settings: Settings) -> Handler
 
 def owned(prompt_id: str, ctx: ToolContext) -> Plan[ScheduledPrompt]:
     """The caller's prompt; PromptNotFound for an unknown id and for another user's."""
-    record = yield from verbs.get(scope(), prompt_id)
+    record = yield from verbs.get(scope(), prompt_id, ctx.user_id)
     # Another user's prompt (or another platform's user) looks exactly like no prompt.
     if record is None or record.user_id != ctx.user_id or record.platform != ctx.platform:
         raise PromptNotFound(prompt_id)

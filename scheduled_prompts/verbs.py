@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import store
+from . import shards, store
 from ._time import to_ms
 from .errors import ConflictingPrompt, InvalidSchedule, PromptNotFound, QuotaExceeded
 from .ids import new_prompt_ids
@@ -51,17 +51,33 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def by_shard(
+    ctx: Scope, records: Iterable[ScheduledPrompt]
+) -> dict[int, tuple[Scope, list[ScheduledPrompt]]]:
+    """``records`` grouped by the shard of their user, in the order given."""
+    if ctx.shards == 1:
+        listed = list(records)
+        return {0: (ctx.shard(0), listed)} if listed else {}
+    groups: dict[int, tuple[Scope, list[ScheduledPrompt]]] = {}
+    for record in records:
+        home = ctx.of_user(record.user_id)
+        groups.setdefault(home.number, (home, []))[1].append(record)
+    return groups
+
+
 def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -> Plan[int]:
     """Enqueue at once the written prompts due within the horizon (instead of at the next
     tick), so a prompt scheduled seconds ahead still fires on time."""
     horizon = now + timedelta(seconds=ctx.settings.horizon_seconds)
-    ids = [r.id for r in records if r.is_live and r.next_run_at and r.next_run_at <= horizon]
+    due = [r for r in records if r.is_live and r.next_run_at and r.next_run_at <= horizon]
     published = 0
-    for i in range(0, len(ids), BATCH):
-        rows = yield promote_op(ctx, now, ids[i : i + BATCH])
-        deliveries = parse_promoted(rows)
-        if deliveries:
-            published += yield Enqueue(deliveries)
+    for home, group in by_shard(ctx, due).values():
+        ids = [r.id for r in group]
+        for i in range(0, len(ids), BATCH):
+            rows = yield promote_op(home, now, ids[i : i + BATCH])
+            deliveries = parse_promoted(rows, home.number)
+            if deliveries:
+                published += yield Enqueue(deliveries)
     return published
 
 
@@ -85,12 +101,13 @@ def create(
     record, req = build_from_spec(spec, now, ctx.settings)
     limits = [q for q in (quota, ctx.settings.max_prompts_per_user) if q is not None]
     limit = min(limits) if limits else None
-    key = ctx.keys.prompt(record.id)
-    if spec.get("prompt_id") is not None:
-        (raw,) = yield store.Read([key])
+    home = ctx.of_user(record.user_id)
+    key = home.keys.prompt(record.id)
+    if spec.get("prompt_id") is not None:  # an id given twice is the same prompt: any shard
+        _, raw = yield from shards.find(ctx, record.id)
         if raw is not None:
             return _existing_or_conflict(store.parse_record(key, raw), record, req)
-    result = yield ctx.durable(store.create_op(ctx.keys, [record], limit))
+    result = yield ctx.durable(store.create_op(home.keys, [record], limit))
     outcome = _check_put(result, limit)
     if outcome == "exists":  # created concurrently under the same prompt_id
         return _existing_or_conflict(store.parse_record(key, result[2]), record, req)
@@ -138,11 +155,12 @@ def create_many(
             built.append((record, req, spec.get("prompt_id") is not None))
     # Idempotent ids that already exist resolve to the stored record (or a conflict).
     explicit = [r.id for r, _, given in built if given]
-    raws = yield store.Read([ctx.keys.prompt(i) for i in explicit])
+    everywhere = [(i, shard) for i in explicit for shard in ctx.every_shard()]
+    raws = yield from shards.read(everywhere)
     existing: dict[str, ScheduledPrompt] = {}
-    for pid, raw in zip(explicit, raws, strict=True):
+    for (pid, shard), raw in zip(everywhere, raws, strict=True):
         if raw is not None:
-            existing[pid] = store.parse_record(ctx.keys.prompt(pid), raw)  # type: ignore[assignment]
+            existing[pid] = store.parse_record(shard.keys.prompt(pid), raw)  # type: ignore[assignment]
     out: list[ScheduledPrompt] = []
     to_write: list[ScheduledPrompt] = []
     for record, req, _ in built:
@@ -152,26 +170,30 @@ def create_many(
             out.append(record)
             to_write.append(record)
     quota = ctx.settings.max_prompts_per_user
-    if quota is not None and to_write:
-        adds: dict[str, int] = {}
-        for record in to_write:
-            adds[record.user_id] = adds.get(record.user_id, 0) + 1
-        users = list(adds)
-        have = yield store.HashGet(ctx.keys.open_counts, users)
-        for user, count in zip(users, have, strict=True):
-            if int(count or 0) + adds[user] > quota:
-                raise QuotaExceeded(user, quota)
+    groups = by_shard(ctx, to_write)
+    if quota is not None:
+        for home, group in groups.values():
+            adds: dict[str, int] = {}
+            for record in group:
+                adds[record.user_id] = adds.get(record.user_id, 0) + 1
+            users = list(adds)
+            have = yield store.HashGet(home.keys.open_counts, users)
+            for user, count in zip(users, have, strict=True):
+                if int(count or 0) + adds[user] > quota:
+                    raise QuotaExceeded(user, quota)
     if to_write:
+        batches = [
+            (home, group[i : i + BATCH])
+            for home, group in groups.values()
+            for i in range(0, len(group), BATCH)
+        ]
         # Each batch is serialised while Redis writes the one before.
         results = yield ctx.durable(
-            store.Stream(
-                store.create_op(ctx.keys, to_write[i : i + BATCH], quota)
-                for i in range(0, len(to_write), BATCH)
-            )
+            store.Stream(store.create_op(home.keys, batch, quota) for home, batch in batches)
         )
         failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
         if failed:
-            written = len(to_write) - sum(min(BATCH, len(to_write) - i * BATCH) for i, _ in failed)
+            written = len(to_write) - sum(len(batches[i][1]) for i, _ in failed)
             index, result = failed[0]
             detail = (
                 f"user {result[1]!r} reached the quota"
@@ -186,12 +208,13 @@ def create_many(
     return out
 
 
-def get(ctx: Scope, prompt_id: str) -> Plan[ScheduledPrompt | None]:
+def get(ctx: Scope, prompt_id: str, user_id: str | None = None) -> Plan[ScheduledPrompt | None]:
+    """The stored prompt (None if there is none); with ``user_id``, read from that user's
+    shard only (another user's prompt is then not found)."""
     if not isinstance(prompt_id, str):
         return None
-    key = ctx.keys.prompt(prompt_id)
-    (raw,) = yield store.Read([key])
-    return store.parse_record(key, raw)
+    home, raw = yield from shards.find(ctx, prompt_id, user_id)
+    return store.parse_record(home.keys.prompt(prompt_id), raw)
 
 
 def _coerce_statuses(status: object) -> frozenset[Status] | None:
@@ -238,21 +261,24 @@ def list_page(
         raise InvalidSchedule(f"scan_limit must be a positive integer or None, got {scan_limit!r}")
     statuses = _coerce_statuses(status)
     needle = None if text is None else text.casefold()
-    index = ctx.keys.ids if user_id is None else ctx.keys.user(user_id)
+    home = None if user_id is None else ctx.of_user(user_id)
     items: list[ScheduledPrompt] = []
     after = cursor
     chunk = max(limit, 100)
     budget = scan_limit
     while True:
         asked = chunk if budget is None else min(chunk, budget)
-        ids: list[str] = yield store.RangeByLex(index, after, asked)
-        if not ids:
+        if home is not None and user_id is not None:  # the user's index, in their shard
+            ids: list[str] = yield store.RangeByLex(home.keys.user(user_id), after, asked)
+            rows = [(i, home) for i in ids]
+        else:  # every shard's ids, merged in id order
+            rows = yield from shards.ids_after(ctx, after, asked)
+        if not rows:
             return PromptPage(items, None)
-        keys = [ctx.keys.prompt(i) for i in ids]
-        raws = yield store.Read(keys)
-        for pid, key, raw in zip(ids, keys, raws, strict=True):
+        raws = yield from shards.read(rows)
+        for (pid, shard), raw in zip(rows, raws, strict=True):
             after = pid
-            record = store.parse_record(key, raw)
+            record = store.parse_record(shard.keys.prompt(pid), raw)
             if record is None:
                 continue
             if (
@@ -265,10 +291,10 @@ def list_page(
             items.append(record)
             if len(items) == limit:
                 return PromptPage(items, pid)
-        if len(ids) < asked:
+        if len(rows) < asked:
             return PromptPage(items, None)
         if budget is not None:
-            budget -= len(ids)
+            budget -= len(rows)
             if budget == 0:
                 return PromptPage(items, after)
 
@@ -282,21 +308,21 @@ def _mutate(
     """Read, ``change(record)``, compare-and-set; retried if the record moved meanwhile."""
     if not isinstance(prompt_id, str):
         raise PromptNotFound(repr(prompt_id))
-    key = ctx.keys.prompt(prompt_id)
+    home, raw = yield from shards.find(ctx, prompt_id, user_id)
+    key = home.keys.prompt(prompt_id)
     # A delivery in progress holds the prompt's lease; the change waits for it to commit
     # (or for its lease to expire), so no delivery of the old state follows the return.
     patience = time.monotonic() + ctx.settings.lease_seconds + 5
     pause = 0.01
     attempts = 0
     while attempts < CAS_ATTEMPTS:
-        (raw,) = yield store.Read([key])
         record = store.parse_record(key, raw)
         if record is None or (user_id is not None and record.user_id != user_id):
             raise PromptNotFound(prompt_id)
         new: ScheduledPrompt = change(record)
         if new is record:
             return record
-        result = yield ctx.durable(store.put_op(ctx.keys, [Put(new, raw, record)], None))
+        result = yield ctx.durable(store.put_op(home.keys, [Put(new, raw, record)], None))
         outcome = str(result[0])
         if outcome == "ok":
             yield from promote_now(ctx, [new], new.updated_at)
@@ -306,8 +332,9 @@ def _mutate(
                 break
             yield store.Sleep(pause)
             pause = min(0.25, pause * 2)
-            continue
-        attempts += 1
+        else:
+            attempts += 1
+        (raw,) = yield store.Read([key])
     raise ConflictingPrompt(
         f"prompt {prompt_id!r} is being delivered or changed right now; try again"
     )
@@ -397,9 +424,8 @@ def trigger(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> P
     """One extra delivery now; returns its idempotency key ``{id}:trigger:{epoch_ms}``."""
     if not isinstance(prompt_id, str):
         raise PromptNotFound(repr(prompt_id))
-    key = ctx.keys.prompt(prompt_id)
-    (raw,) = yield store.Read([key])
-    record = store.parse_record(key, raw)
+    home, raw = yield from shards.find(ctx, prompt_id, user_id)
+    record = store.parse_record(home.keys.prompt(prompt_id), raw)
     if record is None or (user_id is not None and record.user_id != user_id):
         raise PromptNotFound(prompt_id)
     if record.status.is_terminal:
@@ -408,8 +434,8 @@ def trigger(ctx: Scope, prompt_id: str, user_id: str | None, now: datetime) -> P
     # triggers in the same millisecond get consecutive keys, never one shared delivery.
     deadline = to_ms(now) + redrive_delay(ctx)
     for ms in range(to_ms(now), to_ms(now) + 1000):
-        delivery = Delivery(prompt_id, ms, trigger=True)
-        keys = [ctx.keys.inflight, ctx.keys.done(delivery.key)]
+        delivery = Delivery(prompt_id, ms, trigger=True, shard=home.number)
+        keys = [home.keys.inflight, home.keys.done(delivery.key)]
         if (yield ctx.durable(store.Eval(store.TRACK, keys, [deadline, delivery.key]))):
             yield Enqueue([delivery])
             return delivery.key

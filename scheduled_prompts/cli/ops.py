@@ -149,7 +149,7 @@ def recount(as_json: bool) -> None:
     it runs. Data stored before the counts existed is recounted by beat's ticks anyway.
     """
     with _progress(_total(), "recounting") as bar:
-        api.run(metrics.recount(scope(), utcnow(), restart=True, progress=bar.update))
+        api.run(metrics.recount_all(scope(), utcnow(), progress=bar.update))
     counts = api.run(metrics.statuses(scope())) or {}
     if as_json:
         print_json(counts)

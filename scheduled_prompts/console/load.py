@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from .. import store
+from .. import shards, store
 from .._time import from_ms, to_ms
 from ..models import Kind, ScheduledPrompt
 from ..occurrences import Delivery
@@ -74,41 +74,54 @@ class Load:
 
 
 def window(ctx: Scope, now: datetime) -> Plan[Window]:
-    """The per-hour ZCOUNTs, the in-flight occurrences, and the records of the window's
-    cron prompts when they are few."""
-    due = ctx.keys.due
+    """The per-hour ZCOUNTs of every shard (one pipelined round trip), the in-flight
+    occurrences, and the records of the window's cron prompts when they are few."""
     start_ms = to_ms(now)
     edges = [start_ms + hour * 3_600_000 for hour in range(HOURS + 1)]
-    counts: list[int] = []
-    for low, high in pairwise(edges):
-        counts.append(int((yield store.Command(("ZCOUNT", due, low, f"({high}")))))
-    overdue = int((yield store.Command(("ZCOUNT", due, "-inf", f"({start_ms}"))))
-    in_flight = int((yield store.Command(("ZCARD", ctx.keys.inflight))))
+    every = ctx.every_shard()
+    per_shard = [
+        [("ZCOUNT", s.keys.due, low, f"({high}") for low, high in pairwise(edges)]
+        + [("ZCOUNT", s.keys.due, "-inf", f"({start_ms}"), ("ZCARD", s.keys.inflight)]
+        for s in every
+    ]
+    replies = iter((yield store.Commands([c for commands in per_shard for c in commands])))
+    counts = [0] * HOURS
+    overdue = in_flight = 0
+    sizes: list[int] = []
+    for _ in every:
+        for hour in range(HOURS):
+            counts[hour] += int(next(replies))
+        overdue += int(next(replies))
+        sizes.append(int(next(replies)))
+    in_flight = sum(sizes)
     flights: list[Delivery] = []
     if 0 < in_flight <= EXPAND_LIMIT:
-        keys = yield store.Command(("ZRANGE", ctx.keys.inflight, 0, EXPAND_LIMIT - 1))
-        flights = [Delivery.from_key(store.as_text(k)) for k in keys]
+        for shard, size in zip(every, sizes, strict=True):
+            if size:
+                keys = yield store.Command(("ZRANGE", shard.keys.inflight, 0, EXPAND_LIMIT - 1))
+                flights += [Delivery.from_key(store.as_text(k), shard.number) for k in keys]
     due_total: int = sum(counts)
     read = in_flight <= EXPAND_LIMIT and due_total + in_flight <= EXPAND_LIMIT
     cron: list[ScheduledPrompt] = []
     if read:
-        ids = [d.prompt_id for d in flights if d.scheduled]
-        if due_total:
+        rows = [(d.prompt_id, ctx.shard(d.shard)) for d in flights if d.scheduled]
+        for shard in every if due_total else ():
             found = yield store.Command(
-                ("ZRANGEBYSCORE", due, edges[0], f"({edges[-1]}", "LIMIT", 0, EXPAND_LIMIT)
-            )
-            ids += [store.as_text(i) for i in found]
-        cron = yield from _cron_records(ctx, list(dict.fromkeys(ids)))
+                ("ZRANGEBYSCORE", shard.keys.due, edges[0], f"({edges[-1]}", "LIMIT", 0,
+                 EXPAND_LIMIT)
+            )  # fmt: skip
+            rows += [(store.as_text(i), shard) for i in found]
+        cron = yield from _cron_records(list(dict.fromkeys(rows)))
     return Window(now, counts, overdue, in_flight, flights, cron, read)
 
 
-def _cron_records(ctx: Scope, ids: list[str]) -> Plan[list[ScheduledPrompt]]:
+def _cron_records(rows: list[tuple[str, Scope]]) -> Plan[list[ScheduledPrompt]]:
     found: list[ScheduledPrompt] = []
-    for i in range(0, len(ids), _READ):
-        keys = [ctx.keys.prompt(pid) for pid in ids[i : i + _READ]]
-        raws = yield store.Read(keys)
-        for key, raw in zip(keys, raws, strict=True):
-            record = store.parse_record(key, raw)
+    for i in range(0, len(rows), _READ):
+        chunk = rows[i : i + _READ]
+        raws = yield from shards.read(chunk)
+        for (pid, shard), raw in zip(chunk, raws, strict=True):
+            record = store.parse_record(shard.keys.prompt(pid), raw)
             if record is not None and record.kind is Kind.CRON and record.is_live:
                 found.append(record)
     return found

@@ -148,7 +148,7 @@ async def prompt_detail(site: Site, request: Request) -> HTMLResponse:
     record = await site.run(verbs.get(ctx, prompt_id))
     if record is None:
         raise HTTPException(404, f"no prompt with id {prompt_id!r}")
-    deliveries = await site.run(history.recent(ctx, record.id, RECENT))
+    deliveries = await site.run(history.recent(ctx.of_user(record.user_id), record.id, RECENT))
     zone = record.timezone
     return site.render(
         request,
