@@ -122,6 +122,27 @@ class RedisCluster:
             client.close()
         return all(len(r) == 3 + self.replicas for r in ranges)
 
+    def primary_nodes(self) -> list[RedisServer]:
+        """The nodes that are primaries now (a failover changes which)."""
+        return [node for node in self.nodes if self._info(node).get("role") == "master"]
+
+    def flush(self) -> None:
+        """Empty every primary (the replicas follow): ours alone, the tests started it."""
+        for node in self.primary_nodes():
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+        for node in self.nodes:  # a replica answers reads: wait until it is empty too
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            try:
+                deadline = time.monotonic() + 30
+                while client.dbsize() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            finally:
+                client.close()
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()

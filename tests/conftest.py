@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, settings
 import scheduled_prompts
 from scheduled_prompts.connection import get_redis
 from support.recording_runner import MemoryRunner
+from support.redis_cluster import RedisCluster
 from support.redis_server import RedisServer
 
 # No wall-clock limits in property tests: the suite must pass on a loaded machine, where
@@ -35,6 +36,27 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
     scheduled_prompts.configure(redis_url=redis_server.url)
     yield redis_server.url
+    scheduled_prompts.configure()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-primary Redis Cluster started for this test session (tests using it share the
+    xdist group "cluster", so one process starts it)."""
+    with RedisCluster(primaries=3) as made:
+        yield made
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster, redis_server: RedisServer) -> Iterator[str]:
+    """Settings pointed at the suite's cluster (the store, emptied) and its plain server
+    (the broker, emptied): a cluster cannot be the broker."""
+    redis_cluster.flush()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    scheduled_prompts.configure(redis_url=redis_cluster.url, broker_url=redis_server.url)
+    yield redis_cluster.url
     scheduled_prompts.configure()
 
 
