@@ -14,6 +14,12 @@ when its lease expires.
 Settings: ``SCHEDULED_PROMPTS_RATE_LIMITS="discord=50/s,telegram=20/m:5"`` (N per
 second, minute or hour; ``:B`` allows a burst of B, default 1: evenly spaced) and
 ``SCHEDULED_PROMPTS_CONCURRENCY_LIMITS="discord=4"``.
+
+A store of S shards (``SCHEDULED_PROMPTS_SHARDS``) enforces the limits in each shard, on
+that shard's keys (a script touches one slot): each shard admits an equal share — 1/S of
+the rate, a burst of ceil(B/S), floor(C/S) runner calls at once — so the platform as a
+whole never goes above its rate or its cap over a sustained period (see docs/decisions.md,
+Redis Cluster).
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class Limits:
 
     rates: dict[str, Rate]
     concurrency: dict[str, int]
+    #: The store's shards: each enforces its equal share of every limit.
+    shards: int = 1
 
     def __bool__(self) -> bool:
         return bool(self.rates or self.concurrency)
@@ -60,15 +68,17 @@ class Limits:
     @functools.cached_property
     def script_arg(self) -> str:
         """What CLAIM takes: JSON ``{platform: [interval ms, burst tolerance ms,
-        concurrency]}`` (0 where that limit is not set), '' when no platform has one."""
+        concurrency]}`` (0 where that limit is not set) of one shard's share, '' when no
+        platform has one."""
         if not self:
             return ""
         out: dict[str, list[float]] = {}
         for platform in sorted(set(self.rates) | set(self.concurrency)):
             rate = self.rates.get(platform)
-            interval = rate.interval_ms if rate else 0.0
-            tolerance = (rate.burst - 1) * interval if rate else 0.0
-            out[platform] = [interval, tolerance, self.concurrency.get(platform, 0)]
+            interval = rate.interval_ms * self.shards if rate else 0.0
+            burst = -(-rate.burst // self.shards) if rate else 1
+            tolerance = (burst - 1) * interval
+            out[platform] = [interval, tolerance, self.concurrency.get(platform, 0) // self.shards]
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -115,6 +125,17 @@ def parse_concurrency(text: str | None) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def limits(rates: str | None, concurrency: str | None) -> Limits:
-    """The parsed limits of two setting values (parsed once per process)."""
-    return Limits(parse_rates(rates), parse_concurrency(concurrency))
+def limits(rates: str | None, concurrency: str | None, shards: int = 1) -> Limits:
+    """The parsed limits of two setting values, for a store of ``shards`` shards (parsed
+    once per process). A concurrency cap below the shard count cannot be shared out:
+    ValueError says so."""
+    caps = parse_concurrency(concurrency)
+    small = {platform: cap for platform, cap in caps.items() if cap < shards}
+    if small:
+        named = ", ".join(f"{platform}={cap}" for platform, cap in small.items())
+        raise ValueError(
+            f"{named}: a store of {shards} shards enforces a concurrency cap in each shard, "
+            f"floor(N/{shards}) calls at once there; give each platform at least {shards}, "
+            "or fewer shards (SCHEDULED_PROMPTS_SHARDS)"
+        )
+    return Limits(parse_rates(rates), caps, shards)

@@ -160,7 +160,7 @@ class Settings:
     @property
     def limits(self) -> Limits:
         """The parsed rate and concurrency limits (see ``limits.py``)."""
-        return limits(self.rate_limits, self.concurrency_limits)
+        return limits(self.rate_limits, self.concurrency_limits, self.shard_count)
 
     @property
     def visibility_timeout(self) -> int:
@@ -258,7 +258,12 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         value = values.get(name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 0 and finite, got {value}")
-    return Settings(**values)
+    made = Settings(**values)
+    try:
+        made.limits  # noqa: B018 - parsed now, so a limit the shards cannot share fails at start
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}CONCURRENCY_LIMITS: {exc}") from None
+    return made
 
 
 _cached: Settings | None = None

@@ -389,3 +389,34 @@ def test_scope_shards_are_tagged_on_a_cluster_even_with_one(cluster_url: str) ->
     p = sp.schedule_prompt("x", user_id="u", platform="p", delay=600)
     assert sp.get_prompt(p.id) == p
     assert stored_keys() >= {f"sp:{{0}}:prompt:{p.id}", "sp:{0}:due"}
+
+
+# --- platform limits ----------------------------------------------------------------------
+
+
+def test_each_shard_enforces_its_share_of_a_platform_limit() -> None:
+    from scheduled_prompts.limits import limits
+
+    shared = json.loads(limits("p=40/s:8", "p=6", 4).script_arg)
+    assert shared == {"p": [100.0, 100.0, 1]}  # 10/s, a burst of 2 and 1 call per shard
+    assert json.loads(limits("p=40/s:8", "p=6").script_arg) == {"p": [25.0, 175.0, 6]}
+    with pytest.raises(ValueError, match=r"p=2: a store of 4 shards .* at least 4"):
+        sp.configure(shards=4, concurrency_limits="p=2")
+    sp.configure()
+
+
+def test_a_rate_limited_platform_admits_one_per_shard_at_once(memory: MemoryRunner) -> None:
+    shards = scope().shards
+    sp.configure(**{**_current(), "rate_limits": f"p={shards}/s"})  # 1/s in each shard
+    at = later()
+    prompts = spread(at=at)
+    published: list[Delivery] = []
+    engine.tick(get_redis(), scope(), published.extend, now=at - timedelta(seconds=60))
+    results = deliver_all(published, now=at)
+    delivered = [d for d, r in zip(published, results, strict=True)
+                 if r.outcome is engine.Outcome.DELIVERED]  # fmt: skip
+    held = [r for r in results if r.outcome is engine.Outcome.LIMITED]
+    assert sorted(d.shard for d in delivered) == sorted(
+        {shard_of(p.user_id, shards) for p in prompts}
+    )
+    assert len(held) == 40 - len(delivered) and all(r.retry_in > 0 for r in held)
