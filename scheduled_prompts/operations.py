@@ -199,44 +199,48 @@ class Check:
 
 
 def store_health(ctx: Scope, now: datetime) -> Plan[list[Check]]:
-    """Eviction policy, persistence, and how fresh beat's last tick is."""
-    checks: list[Check] = []
+    """Eviction policy, persistence, and how fresh beat's last tick is. (A Redis
+    Cluster's nodes are checked one by one with its topology, ``topology.py``.)"""
+    checks = [] if ctx.settings.cluster else (yield from _config_checks())
+    checks.append((yield from _beat(ctx, now)))
+    return checks
+
+
+def _config_checks() -> Plan[list[Check]]:
     config: dict[str, str] = {}
     for name in ("maxmemory-policy", "appendonly", "save"):
         reply = yield store.Refusable(store.Command(("CONFIG GET", name)))
         if isinstance(reply, Exception):  # managed Redis services often refuse CONFIG
-            checks.append(
-                Check("redis config", False, f"CONFIG GET refused ({reply}); check by hand")
-            )
-            break
+            return [Check("redis config", False, f"CONFIG GET refused ({reply}); check by hand")]
         config |= {store.as_text(k): store.as_text(v) for k, v in reply.items()}
-    else:
-        policy = config.get("maxmemory-policy", "?")
-        advice = (
-            ""
-            if policy == "noeviction"
-            else ": Redis may evict prompts; set maxmemory-policy noeviction"
+    policy = config.get("maxmemory-policy", "?")
+    advice = (
+        ""
+        if policy == "noeviction"
+        else ": Redis may evict prompts; set maxmemory-policy noeviction"
+    )
+    aof = config.get("appendonly") == "yes"
+    save = config.get("save", "")
+    if aof:
+        detail = "AOF on"
+    elif save:
+        detail = (
+            f"RDB snapshots only ({save}): a crash loses the writes since the last one; "
+            "set appendonly yes"
         )
-        checks.append(Check("maxmemory-policy", policy == "noeviction", policy + advice))
-        aof = config.get("appendonly") == "yes"
-        save = config.get("save", "")
-        if aof:
-            detail = "AOF on"
-        elif save:
-            detail = (
-                f"RDB snapshots only ({save}): a crash loses the writes since the last one; "
-                "set appendonly yes"
-            )
-        else:
-            detail = "off: a restart loses every prompt; set appendonly yes"
-        checks.append(Check("persistence", aof, detail))
+    else:
+        detail = "off: a restart loses every prompt; set appendonly yes"
+    return [
+        Check("maxmemory-policy", policy == "noeviction", policy + advice),
+        Check("persistence", aof, detail),
+    ]
+
+
+def _beat(ctx: Scope, now: datetime) -> Plan[Check]:
+    """How fresh beat's last tick is."""
     last = yield store.Command(("GET", ctx.shard(0).keys.beat))
     tick = ctx.settings.tick_seconds
     if last is None:
-        checks.append(Check("beat", False, "no tick recorded: is `celery beat` running?"))
-    else:
-        age = now.timestamp() - int(last) / 1000
-        checks.append(
-            Check("beat", age <= 3 * tick + 5, f"last tick {age:.0f}s ago (every {tick:g}s)")
-        )
-    return checks
+        return Check("beat", False, "no tick recorded: is `celery beat` running?")
+    age = now.timestamp() - int(last) / 1000
+    return Check("beat", age <= 3 * tick + 5, f"last tick {age:.0f}s ago (every {tick:g}s)")

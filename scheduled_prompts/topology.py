@@ -15,12 +15,17 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .connection import sentinel_link
+from .keys import Keys
 from .operations import Check
 from .settings import SentinelTarget, Settings, sentinel_target
+from .store import Scope, is_cluster
 
 
 def checks(settings: Settings, client: redis.Redis, timeout: float) -> list[Check]:
-    """The topology checks for ``settings``; ``client`` talks to the primary."""
+    """The topology checks for ``settings``; ``client`` talks to the primary (or, for a
+    Redis Cluster, to the cluster)."""
+    if is_cluster(client):
+        return _cluster(settings, client)
     found: list[Check] = []
     target = sentinel_target(settings.redis_url)
     if target is not None:
@@ -116,6 +121,81 @@ def _alignment(client: redis.Redis, wanted: int) -> Check:
     else:
         advice = ": writes without enough replicas are refused up front"
     return Check("min-replicas", True, setting + advice)
+
+
+def _cluster(settings: Settings, client: Any) -> list[Check]:
+    """A Redis Cluster: its state, where the shards' slots live, each primary's replicas,
+    and each primary's eviction policy and persistence."""
+    try:
+        state = {str(k): str(v) for k, v in _reply(client.cluster_info()).items()}
+        primaries = client.get_primaries()
+        slots = {
+            n: client.get_node_from_key(shard.keys.due).name
+            for n, shard in enumerate(Scope(Keys(settings.key_prefix), settings).every_shard())
+        }
+        roles = {p.name: client.info("replication", target_nodes=p) for p in primaries}
+        config = {p.name: client.config_get("*", target_nodes=p) for p in primaries}
+    except (RedisError, OSError) as exc:
+        return [Check("cluster", False, f"cannot read the cluster: {_reason(exc)}")]
+    per_node = Counter(slots.values())
+    spread = ", ".join(f"{name} {per_node.get(name, 0)}" for name in sorted(roles))
+    ok = state.get("cluster_state") == "ok" and state.get("cluster_slots_ok") == "16384"
+    detail = (
+        f"state {state.get('cluster_state', '?')}, {state.get('cluster_slots_ok', '?')} of "
+        f"16384 slots served; {len(slots)} shard(s) over {len(primaries)} primaries ({spread})"
+    )
+    idle = [name for name in roles if not per_node.get(name)]
+    if idle:
+        detail += f"; {', '.join(sorted(idle))} hold(s) no shard: raise SCHEDULED_PROMPTS_SHARDS"
+    found = [Check("cluster", ok and not idle, detail)]
+    lonely = [
+        name for name, role in roles.items()
+        if not any(k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+                   for k, v in _reply(role).items())
+    ]  # fmt: skip
+    found.append(
+        Check(
+            "cluster replicas",
+            not lonely,
+            f"every primary has a replica online ({len(primaries)} primaries)"
+            if not lonely
+            else f"no replica online for {', '.join(sorted(lonely))}: losing it loses its "
+            "shards' prompts until it returns; give every primary a replica",
+        )
+    )
+    policies = {name: _reply(c).get("maxmemory-policy", "?") for name, c in config.items()}
+    evicting = sorted(name for name, policy in policies.items() if policy != "noeviction")
+    found.append(
+        Check(
+            "maxmemory-policy",
+            not evicting,
+            "noeviction on every primary"
+            if not evicting
+            else "Redis may evict prompts on " + ", ".join(
+                f"{name} ({policies[name]})" for name in evicting
+            ) + "; set maxmemory-policy noeviction",
+        )
+    )  # fmt: skip
+    volatile = sorted(name for name, c in config.items() if _reply(c).get("appendonly") != "yes")
+    found.append(
+        Check(
+            "persistence",
+            not volatile,
+            "AOF on every primary"
+            if not volatile
+            else f"AOF off on {', '.join(volatile)}: a crash loses its writes; set appendonly yes",
+        )
+    )
+    return found
+
+
+def _reply(reply: Any) -> dict[str, Any]:
+    """One node's reply, where the cluster client may key it by node name."""
+    if isinstance(reply, dict) and len(reply) == 1:
+        (only,) = reply.values()
+        if isinstance(only, dict):
+            return only
+    return dict(reply)
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,7 +14,9 @@ import scheduled_prompts
 from scheduled_prompts.celery_app import broker_config
 from scheduled_prompts.settings import (
     ENV_PREFIX,
+    ClusterTarget,
     Settings,
+    cluster_target,
     get_settings,
     mask_url,
     settings_from_env,
@@ -335,3 +337,62 @@ def test_mask_url_hides_the_password(url: str, masked: str) -> None:
 )
 def test_mask_url_leaves_a_url_without_password_unchanged(url: str) -> None:
     assert mask_url(url) == url
+
+
+# --- Redis Cluster ------------------------------------------------------------------------
+
+CLUSTER = "redis+cluster://ana:s%40cret@h1:7000,h2,[::1]:7002/"
+
+
+def test_a_cluster_url_names_its_nodes_credentials_and_tls() -> None:
+    assert cluster_target(CLUSTER) == ClusterTarget(
+        nodes=(("h1", 7000), ("h2", 6379), ("::1", 7002)), username="ana", password="s@cret"
+    )
+    tls = cluster_target("rediss+cluster://h:1/0?ssl_ca_certs=/ca.pem")
+    assert tls is not None and tls.tls and tls.tls_options == {"ssl_ca_certs": "/ca.pem"}
+    assert cluster_target("redis://h:1/0") is None
+    assert mask_url(CLUSTER) == "redis+cluster://ana:***@h1:7000,h2,[::1]:7002/"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+cluster://h:port/", "node address 'h:port' has a port that is not a number"),
+        ("redis+cluster://h:1,,h:2/", "a node address is empty"),
+        ("redis+cluster://h:1/3", "a Redis Cluster has database 0 only"),
+        ("redis+cluster://h:1/?ssl_ca_certs=x", "unknown option 'ssl_ca_certs'"),
+    ],
+)
+def test_a_malformed_cluster_url_says_what_is_accepted(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="REDIS_URL=") as caught:
+        settings_from_env({}, redis_url=url, broker_url="amqp://")
+    assert problem in str(caught.value)
+    assert "expected redis+cluster://[user:password@]host:port[,host:port...]/" in str(caught.value)
+
+
+def test_a_cluster_store_needs_a_broker_of_its_own(env: pytest.MonkeyPatch) -> None:
+    env.setenv(f"{ENV_PREFIX}REDIS_URL", "redis+cluster://h:7000/")
+    with pytest.raises(ValueError, match="BROKER_URL is unset, so the broker would be the store"):
+        settings_from_env()
+    with pytest.raises(ValueError, match="a Redis Cluster cannot be the Celery broker"):
+        settings_from_env(broker_url="redis+cluster://h:7000/")
+    made = settings_from_env(broker_url="amqp://guest:guest@mq:5672//")
+    assert made.cluster and made.shard_count == 16
+    assert broker_config(made)["broker_url"] == "amqp://guest:guest@mq:5672//"
+
+
+def test_shards_default_by_store_kind_and_stay_in_range() -> None:
+    assert settings_from_env({}).shard_count == 1
+    assert settings_from_env({f"{ENV_PREFIX}SHARDS": "8"}).shard_count == 8
+    cluster = {"redis_url": "redis+cluster://h:1/", "broker_url": "amqp://"}
+    assert settings_from_env({}, **cluster, shards=3).shard_count == 3
+    for bad in (0, 1025):
+        with pytest.raises(ValueError, match="SHARDS must be from 1 to 1024"):
+            settings_from_env({}, shards=bad)
+
+
+def test_min_replicas_is_refused_on_a_cluster_store() -> None:
+    with pytest.raises(ValueError, match="MIN_REPLICAS is not supported with a Redis Cluster"):
+        settings_from_env(
+            {}, redis_url="redis+cluster://h:1/", broker_url="amqp://", min_replicas=1
+        )

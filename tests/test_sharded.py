@@ -420,3 +420,38 @@ def test_a_rate_limited_platform_admits_one_per_shard_at_once(memory: MemoryRunn
         {shard_of(p.user_id, shards) for p in prompts}
     )
     assert len(held) == 40 - len(delivered) and all(r.retry_in > 0 for r in held)
+
+
+# --- doctor -------------------------------------------------------------------------------
+
+
+def doctor() -> dict[str, dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["doctor", "--json"], catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+def test_doctor_checks_every_primary_and_where_the_shards_live(
+    cluster_url: str, redis_cluster: RedisCluster, redis_server: RedisServer
+) -> None:
+    checks = doctor()
+    assert checks["cluster"]["ok"], checks["cluster"]
+    assert "16 shard(s) over 3 primaries" in checks["cluster"]["detail"]
+    # The suite's cluster has no replicas: doctor says what a lost primary would cost.
+    assert not checks["cluster replicas"]["ok"]
+    assert "give every primary a replica" in checks["cluster replicas"]["detail"]
+    assert checks["maxmemory-policy"]["ok"]
+    assert (
+        not checks["persistence"]["ok"]
+        and "AOF off on 127.0.0.1:" in checks["persistence"]["detail"]
+    )
+    assert checks["broker"] == {"name": "broker", "ok": True,
+                                "detail": f"a plain Redis at {redis_server.url}"}  # fmt: skip
+    node = redis_cluster.addresses[0]
+    sp.configure(redis_url=cluster_url, broker_url=f"redis://{node}/0")
+    broker = doctor()["broker"]
+    assert (
+        not broker["ok"]
+        and "is a Redis Cluster node: a Redis Cluster cannot be the Celery broker"
+        in broker["detail"]
+    )

@@ -14,7 +14,7 @@ from .._time import utcnow
 from ..connection import new_redis, scope
 from ..operations import Check
 from ..runners import load_runner
-from ..settings import Settings, get_settings, mask_url
+from ..settings import CLUSTER_BROKER, Settings, get_settings, mask_url
 from .common import Commands, json_option, print_json
 
 commands = Commands()
@@ -39,6 +39,26 @@ def _visibility(settings: Settings) -> Check:
         f"{timeout:g}s vs horizon {settings.horizon_seconds:g}s + lease "
         f"{settings.lease_seconds:g}s (needs >= {need:g}s)",
     )
+
+
+def _broker(settings: Settings) -> list[Check]:
+    """A Redis broker that is a Redis Cluster node cannot carry Celery's messages."""
+    url = settings.broker_url
+    if url is None or not url.startswith(("redis://", "rediss://")):
+        return []
+    try:
+        link = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            clustered = int(link.info("cluster").get("cluster_enabled", 0))
+        finally:
+            link.close()
+    except (RedisError, OSError, ValueError) as exc:
+        return [Check("broker", False, f"unreachable at {mask_url(url)}: {exc}")]
+    if clustered:
+        return [
+            Check("broker", False, f"{mask_url(url)} is a Redis Cluster node: {CLUSTER_BROKER}")
+        ]
+    return [Check("broker", True, f"a plain Redis at {mask_url(url)}")]
 
 
 def _runner(settings: Settings) -> Check:
@@ -121,7 +141,11 @@ def _store_problem(settings: Settings) -> str | None:
 def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     """Check Redis, persistence, eviction, replication and sentinels, timeouts, the
     runner, workers and beat."""
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # the settings themselves: what is wrong, and what to set
+        _report([Check("settings", False, str(exc))], as_json)
+        sys.exit(1)
     if probe is not None:
         _probe(probe, settings, missed)
     client = _client(settings, 2)
@@ -131,6 +155,7 @@ def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     steps: list[Callable[[], list[Check]]] = [
         lambda: _redis_checks(settings, client) if reachable else [],
         lambda: topology.checks(settings, client, 2) if reachable else [],
+        lambda: _broker(settings),
         lambda: [_visibility(settings)],
         lambda: [_runner(settings)],
         lambda: [_workers()] if reachable else [],
@@ -138,11 +163,14 @@ def doctor(as_json: bool, probe: str | None, missed: int) -> None:
     for step in steps:
         checks.extend(step())
     client.close()
-    passed = all(c.ok for c in checks)
+    _report(checks, as_json)
+    sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
+def _report(checks: list[Check], as_json: bool) -> None:
     if as_json:
-        print_json({"ok": passed, "checks": [c.__dict__ for c in checks]})
-    else:
-        for c in checks:
-            mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
-            click.echo(f"{mark} {c.name}: {c.detail}")
-    sys.exit(0 if passed else 1)
+        print_json({"ok": all(c.ok for c in checks), "checks": [c.__dict__ for c in checks]})
+        return
+    for c in checks:
+        mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark} {c.name}: {c.detail}")
