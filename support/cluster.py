@@ -156,11 +156,13 @@ class Cluster:
         )
 
     def committed(self, keys: set[str]) -> bool:
-        """Whether none of ``keys`` is still in flight in the store."""
+        """Whether none of ``keys`` is still in flight in the store (in any shard)."""
         ordered = sorted(keys)
         client = scheduled_prompts.connection.get_redis()
-        scores = client.zmscore(scheduled_prompts.connection.scope().keys.inflight, ordered)
-        return all(score is None for score in scores)
+        for shard in scheduled_prompts.connection.scope().every_shard():
+            if any(score is not None for score in client.zmscore(shard.keys.inflight, ordered)):
+                return False
+        return True
 
     def duplicates(self) -> dict[str, int]:
         counts = Counter(c["key"] for c in self.calls())

@@ -38,7 +38,14 @@ class RedisCluster:
     ``url`` is the store's ``redis+cluster://`` form of the primaries' addresses.
     """
 
-    def __init__(self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        """``extra``: more redis-server arguments for every node (e.g. AOF)."""
         if primaries < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 primaries")
         self.primaries = primaries
@@ -48,6 +55,7 @@ class RedisCluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
+                *extra,
                 port=cluster_port(),
             )
             for _ in range(primaries * (1 + replicas))
@@ -142,6 +150,36 @@ class RedisCluster:
                     time.sleep(0.02)
             finally:
                 client.close()
+
+    def owner(self, key: str) -> RedisServer:
+        """The node that is the primary of ``key``'s slot now."""
+        client = self.client()
+        try:
+            name = client.get_node_from_key(key).name  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        return next(node for node in self.nodes if f"127.0.0.1:{node.port}" == name)
+
+    def kill9(self, node: RedisServer) -> None:
+        """SIGKILL one node (its data directory and ``nodes.conf`` stay)."""
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait()
+        node.process = None
+
+    def wait_failover(self, dead: RedisServer, timeout: float = 60) -> None:
+        """Until every other node serves all slots again (a replica of ``dead`` was
+        promoted)."""
+        deadline = time.monotonic() + timeout
+        others = [node for node in self.nodes if node is not dead]
+        while True:
+            infos = [self._info(node) for node in others]
+            if all(i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
+                   for i in infos):  # fmt: skip
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no failover after {timeout}s: {infos}")
+            time.sleep(0.1)
 
     def cleanup(self) -> None:
         for node in self.nodes:

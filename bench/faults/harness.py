@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 from redis.exceptions import RedisError
 
-from scheduled_prompts import Status
+from scheduled_prompts import Status, shards
 from scheduled_prompts._time import to_ms
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.models import ScheduledPrompt
+from scheduled_prompts.plans import run as run_plan
 from support.recording_runner import read_records
 
 from ..common import sleep_until
@@ -60,6 +61,8 @@ class Scenario:
     redis_args: tuple[str, ...] = ()
     #: Store and broker behind Sentinel (a primary, a replica, three sentinels).
     sentinel = False
+    #: The store on a Redis Cluster (three primaries, a replica each), a plain broker.
+    redis_cluster = False
     celeryconfig: str | None = None
     env: ClassVar[dict[str, str]] = {}
     #: Too slow for the default test run: the test skips unless SP_FAULTS=1.
@@ -83,10 +86,13 @@ class Scenario:
 def store_state(work: Workload) -> dict[str, Any]:
     """One-time prompts not ``executed``, and in-flight entries that are not a live cron
     prompt's next occurrence (left behind: a re-drive would publish them again)."""
-    client, keys = get_redis(), scope().keys
-    raws = client.mget([keys.prompt(i) for i in work.prompt_ids])
-    pairs = zip(work.prompt_ids, raws, strict=True)
-    records = {i: ScheduledPrompt.from_json(raw) for i, raw in pairs if raw}
+    client, ctx = get_redis(), scope()
+    # Every shard is asked for every id (by id alone: the shard is not known).
+    rows = [(i, shard) for i in work.prompt_ids for shard in ctx.every_shard()]
+    raws = run_plan(shards.read(rows), client, _no_publish)
+    records = {
+        i: ScheduledPrompt.from_json(raw) for (i, _), raw in zip(rows, raws, strict=True) if raw
+    }
     once_ids = {k.rpartition(":")[0] for k in work.once}
     not_executed = sorted(
         f"{i}={records[i].status.value if i in records else 'absent'}"
@@ -98,12 +104,16 @@ def store_state(work: Workload) -> dict[str, Any]:
         for i, p in records.items()
         if i in work.cron and p.next_run_at is not None
     }
-    inflight = [str(k) for k in client.zrange(keys.inflight, 0, -1)]
+    inflight = [str(k) for s in ctx.every_shard() for k in client.zrange(s.keys.inflight, 0, -1)]
     return {
         "not_executed": not_executed,
         "leftover_inflight": [k for k in inflight if k not in live],
         "cron_run_counts": sorted(records[i].run_count for i in work.cron if i in records),
     }
+
+
+def _no_publish(_: object) -> None:
+    raise AssertionError("reading the store publishes nothing")
 
 
 def _delivered_all(run: Run) -> bool:
@@ -141,6 +151,7 @@ def execute(scenario: Scenario, size: Size, *, keep: bool = False) -> dict[str, 
         celeryconfig=scenario.celeryconfig,
         env=scenario.env,
         sentinel=scenario.sentinel,
+        redis_cluster=scenario.redis_cluster,
         **scenario.settings,
     )
     run = Run(cluster, size)

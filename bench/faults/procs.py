@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from support.cluster import REPO, Cluster, Process
+from support.redis_cluster import RedisCluster
 from support.redis_server import RedisServer
 from support.sentinel import SentinelGroup
 
@@ -140,10 +141,13 @@ class FaultCluster(Cluster):
         celeryconfig: str | None = None,
         env: dict[str, str] | None = None,
         sentinel: bool = False,
+        redis_cluster: bool = False,
         **settings: Any,
     ) -> None:
         """``sentinel``: the store and broker are a primary, a replica and three
-        sentinels (AOF on both nodes), reached through the Sentinel URL."""
+        sentinels (AOF on both nodes), reached through the Sentinel URL.
+        ``redis_cluster``: the store is a Redis Cluster of three primaries with a replica
+        each (AOF on every node), the plain Redis the broker."""
         redis_dir = tmp / "redis"
         redis_dir.mkdir(parents=True)
         self.cwd = REPO
@@ -161,6 +165,12 @@ class FaultCluster(Cluster):
             settings = {"redis_url": self.sentinel.url(), **settings}
         else:
             redis = RedisServer(*redis_args, directory=str(redis_dir)).start()
+        self.store_cluster: RedisCluster | None = None
+        if redis_cluster:
+            self.store_cluster = RedisCluster(
+                primaries=3, replicas=1, extra=("--appendonly", "yes")
+            ).start()
+            settings = {"redis_url": self.store_cluster.url, "broker_url": redis.url, **settings}
         super().__init__(tmp, redis=redis, name="faults", pythonpath=path, env=env, **settings)
         self.redis_dir = redis_dir
         self.watched: list[Watched] = []
@@ -200,6 +210,8 @@ class FaultCluster(Cluster):
         super().close()
         if self.sentinel is not None:
             self.sentinel.stop()
+        if self.store_cluster is not None:
+            self.store_cluster.cleanup()
 
 
 class Up(Proc):

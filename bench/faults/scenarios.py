@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from redis.exceptions import RedisError
 
 import scheduled_prompts as sp
 from scheduled_prompts._time import utcnow
+from scheduled_prompts.connection import scope
+from scheduled_prompts.keys import shard_of
 
 from .harness import Run, Scenario
 from .measure import Fault
@@ -405,6 +408,52 @@ class SentinelFailover(Scenario):
         )
 
 
+class ClusterWorkerKill9(WorkerKill9):
+    name = "cluster-worker-kill9"
+    summary = (
+        "the store on a Redis Cluster (3 primaries, a replica each, 16 shards): kill -9 one "
+        "of two workers while a runner call is in flight; restarted 1 s later"
+    )
+    redis_cluster = True
+
+
+class ClusterPrimaryKill9(Scenario):
+    """A primary of the store's cluster dies: its replica is promoted by the cluster
+    itself (no Sentinel), the workers' cluster client finds the new primary, and the old
+    one comes back as a replica."""
+
+    name = "cluster-primary-kill9"
+    summary = (
+        "the store on a Redis Cluster (3 primaries, a replica each, AOF, 16 shards): kill -9 "
+        "the primary of the busiest shard while runner calls are in flight; the cluster "
+        "promotes its replica; the old primary restarted as a replica"
+    )
+    redis_cluster = True
+    env = SLOW_RUNNER
+
+    def inject(self, run: Run) -> None:
+        group = run.cluster.store_cluster
+        assert group is not None
+        ctx = scope()
+        homes = Counter(shard_of(f"user-{i % 10}", ctx.shards) for i in range(10))
+        busiest = ctx.shard(homes.most_common(1)[0][0])
+        _in_flight_pids(run)
+        victim = group.owner(busiest.keys.due)
+        group.kill9(victim)
+        killed = time.time()
+        group.wait_failover(victim)
+        promoted = time.time()
+        victim.start()
+        group.wait_ready()
+        run.faults.append(Fault("cluster primary kill -9", killed, promoted))
+        run.extra["failover_seconds"] = round(promoted - killed, 2)
+        run.note(
+            f"killed primary :{victim.port} (shard {busiest.number}'s); replica promoted "
+            f"{promoted - killed:.1f} s later; the old primary back as a replica "
+            f"{time.time() - promoted:.1f} s after that"
+        )
+
+
 def _create(spec: dict[str, Any]) -> sp.ScheduledPrompt | None:
     """The prompt if its creation was acknowledged; None if the call failed."""
     try:
@@ -443,5 +492,7 @@ SCENARIOS: list[Scenario] = [
     SentinelFailover(1),
     RabbitRestart(),
     FlakyRunner(),
+    ClusterWorkerKill9(),
+    ClusterPrimaryKill9(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
