@@ -160,26 +160,45 @@ class RedisCluster:
             client.close()
         return next(node for node in self.nodes if f"127.0.0.1:{node.port}" == name)
 
-    def kill9(self, node: RedisServer) -> None:
-        """SIGKILL one node (its data directory and ``nodes.conf`` stay)."""
+    def kill9(self, node: RedisServer) -> str:
+        """SIGKILL one node (its data directory and ``nodes.conf`` stay); returns its
+        cluster node id."""
+        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
+        try:
+            node_id = str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
         assert node.process is not None
         node.process.kill()
         node.process.wait()
         node.process = None
+        return node_id
 
-    def wait_failover(self, dead: RedisServer, timeout: float = 60) -> None:
-        """Until every other node serves all slots again (a replica of ``dead`` was
-        promoted)."""
+    def wait_failover(self, dead: RedisServer, dead_id: str, timeout: float = 60) -> None:
+        """Until every other node marks ``dead`` failed, none gives it a slot any more (a
+        replica of it was promoted) and all serve every slot."""
         deadline = time.monotonic() + timeout
         others = [node for node in self.nodes if node is not dead]
-        while True:
-            infos = [self._info(node) for node in others]
-            if all(i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
-                   for i in infos):  # fmt: skip
-                return
+        while not all(self._failed_over(node, dead_id) for node in others):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no failover after {timeout}s: {infos}")
+                states = {node.port: self._info(node) for node in others}
+                raise TimeoutError(f"no failover after {timeout}s: {states}")
             time.sleep(0.1)
+
+    def _failed_over(self, node: RedisServer, dead_id: str) -> bool:
+        info = self._info(node)
+        if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+            return False
+        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
+        try:
+            text = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        line = next((row.split() for row in text.splitlines() if row.startswith(dead_id)), [])
+        # id addr flags master ping pong epoch link [slot ranges...]
+        return len(line) >= 8 and "fail" in line[2].split(",") and len(line) == 8
 
     def cleanup(self) -> None:
         for node in self.nodes:
