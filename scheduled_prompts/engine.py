@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from . import metrics, store
+from . import metrics, shards, store
 from ._time import from_ms, to_iso, to_ms, utcnow
 from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
@@ -67,53 +67,51 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     """Promote what is due within the horizon and re-drive what overran its deadline, in
     every shard.
 
-    Costs O(shards + due + overdue): both are range reads on sorted sets. A broker that
-    refuses the occurrences never fails a tick: they stay in flight and the next ticks
-    re-drive them.
+    Costs O(shards + due + overdue): both are range reads on sorted sets, every shard's
+    in one round trip (per node). A broker that refuses the occurrences never fails a
+    tick: they stay in flight and the next ticks re-drive them.
     """
     started = time.perf_counter()
+    every = ctx.every_shard()
     promoted = redriven = 0
-    for shard in ctx.every_shard():
-        promoted += yield from _promote_due(shard, now)
-        redriven += yield from _redrive(shard, now)
-    counts = Batch()
-    took = counts.add(tick_increments(time.perf_counter() - started))
-    for shard in ctx.every_shard():
-        # The tick is counted once, in shard 0; each shard says if its counts are whole.
-        fields = counts.fields() if shard.number == 0 else "[]"
-        keys = [shard.keys.beat, shard.keys.metrics, shard.keys.counts]
-        spent = took if shard.number == 0 else ""
-        counted = yield store.Eval(store.TICKED, keys, [to_ms(now), spent, fields])
-        if not int(counted):
-            # Data from before the status counts (or a recount asked for): a few pages a tick.
-            yield from metrics.recount(shard, now, pages=metrics.RECOUNT_PAGES_PER_TICK)
-    return {"promoted": promoted, "redriven": redriven}
-
-
-def _promote_due(ctx: Scope, now: datetime) -> Plan[int]:
-    promoted = 0
-    while True:
-        rows = yield promote_op(ctx, now, limit=1000)
-        batch = parse_promoted(rows, ctx.number)
+    pending = every
+    while pending:  # a shard with 1,000 taken may have more within the horizon
+        replies = yield from shards.each([promote_op(s, now, limit=1000) for s in pending])
+        batch = [d for s, rows in zip(pending, replies, strict=True)
+                 for d in parse_promoted(rows, s.number)]  # fmt: skip
         if batch:
             yield Enqueue(batch)
         promoted += len(batch)
-        if int(rows[0]) < 1000:  # the due index has nothing more within the horizon
-            return promoted
-
-
-def _redrive(ctx: Scope, now: datetime) -> Plan[int]:
-    redriven = 0
+        pending = [s for s, rows in zip(pending, replies, strict=True) if int(rows[0]) >= 1000]
     deadline = to_ms(now) + redrive_delay(ctx)
-    while True:
-        keys = yield store.Eval(store.REDRIVE, [ctx.keys.inflight], [to_ms(now), 1000, deadline])
-        batch = [Delivery.from_key(store.as_text(k), ctx.number) for k in keys]
+    pending = every
+    while pending:
+        redrive = [store.Eval(store.REDRIVE, [s.keys.inflight], [to_ms(now), 1000, deadline])
+                   for s in pending]  # fmt: skip
+        replies = yield from shards.each(redrive)
+        batch = [Delivery.from_key(store.as_text(k), s.number)
+                 for s, keys in zip(pending, replies, strict=True) for k in keys]  # fmt: skip
         if batch:
             log.warning("re-driving %d occurrence(s) past their deadline", len(batch))
             yield Enqueue(batch)
         redriven += len(batch)
-        if len(batch) < 1000:
-            return redriven
+        pending = [s for s, keys in zip(pending, replies, strict=True) if len(keys) >= 1000]
+    counts = Batch()
+    took = counts.add(tick_increments(time.perf_counter() - started))
+    # The tick is counted once, in shard 0; each shard says whether its counts are whole.
+    ticked = [
+        store.Eval(
+            store.TICKED,
+            [s.keys.beat, s.keys.metrics, s.keys.counts],
+            [to_ms(now), took, counts.fields()] if s.number == 0 else [to_ms(now), "", "[]"],
+        )
+        for s in every
+    ]
+    for shard, counted in zip(every, (yield from shards.each(ticked)), strict=True):
+        if not int(counted):
+            # Data from before the status counts (or a recount asked for): a few pages a tick.
+            yield from metrics.recount(shard, now, pages=metrics.RECOUNT_PAGES_PER_TICK)
+    return {"promoted": promoted, "redriven": redriven}
 
 
 def backoff(attempt: int) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any
 
 from . import store
 from .plans import Plan
@@ -33,6 +34,15 @@ def find(ctx: Scope, prompt_id: str, user_id: str | None = None) -> Plan[tuple[S
         if raw is not None:
             return shard, _text(raw)
     return ctx.shard(0), None
+
+
+def each(ops: Sequence[store.Eval]) -> Plan[list[Any]]:
+    """The replies of script calls on several shards, in order: one round trip (per node
+    on a Redis Cluster); a single call goes as itself."""
+    if len(ops) == 1:
+        return [(yield ops[0])]
+    replies: list[Any] = yield store.Pipeline(ops)
+    return replies
 
 
 def ids_after(ctx: Scope, after: str | None, count: int) -> Plan[list[tuple[str, Scope]]]:

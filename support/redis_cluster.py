@@ -45,9 +45,12 @@ class RedisCluster:
         node_timeout_ms: int = 2000,
         extra: tuple[str, ...] = (),
     ) -> None:
-        """``extra``: more redis-server arguments for every node (e.g. AOF)."""
-        if primaries < 3:
-            raise ValueError("redis-cli --cluster create needs at least 3 primaries")
+        """``extra``: more redis-server arguments for every node (e.g. AOF). One primary
+        (no replicas) is a one-node cluster that serves every slot itself."""
+        if primaries < 3 and not (primaries == 1 and replicas == 0):
+            raise ValueError(
+                "redis-cli --cluster create needs at least 3 primaries (or 1, without replicas)"
+            )
         self.primaries = primaries
         self.replicas = replicas
         self.nodes = [
@@ -72,6 +75,14 @@ class RedisCluster:
     def start(self, timeout: float = 60) -> RedisCluster:
         for node in self.nodes:
             node.start()
+        if self.primaries == 1:
+            only = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+            try:
+                only.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+            finally:
+                only.close()
+            self.wait_ready(timeout)
+            return self
         create = [
             tool_binary("redis-cli"), "--cluster", "create", *self.addresses,
             "--cluster-replicas", str(self.replicas), "--cluster-yes",
