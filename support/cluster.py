@@ -79,11 +79,20 @@ class Cluster:
         name: str = "e2e",
         pythonpath: str = str(REPO),
         env: dict[str, str] | None = None,
+        celeryconfig: str | None = None,
         **settings: Any,
     ) -> None:
         """``redis``: a started server (default: a new one without persistence);
-        ``name`` prefixes the queue; ``env`` is added to the processes' environment."""
+        ``name`` prefixes the queue; ``env`` is added to the processes' environment;
+        ``celeryconfig``: the text of a ``celeryconfig`` module the processes import
+        instead of the repository's (they run in a folder of their own)."""
         self.tmp = tmp
+        self.cwd = REPO
+        if celeryconfig is not None:
+            self.cwd = tmp / "conf"
+            self.cwd.mkdir(parents=True, exist_ok=True)
+            (self.cwd / "celeryconfig.py").write_text(celeryconfig)
+            pythonpath = f"{self.cwd}{os.pathsep}{pythonpath}"
         self.redis = redis or RedisServer().start()
         self.records = tmp / "records.jsonl"
         self.settings = {
@@ -105,7 +114,7 @@ class Cluster:
         scheduled_prompts.configure(**self.settings)
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> Process:
-        proc = Process(name, args, env or self.env, self.tmp / f"{name}.log")
+        proc = Process(name, args, env or self.env, self.tmp / f"{name}.log", self.cwd)
         self.processes.append(proc)
         return proc
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.cluster import REPO, Cluster, Process
+from support.cluster import Cluster, Process
 from support.redis_cluster import RedisCluster
 from support.redis_server import RedisServer
 from support.sentinel import SentinelGroup
@@ -150,14 +150,6 @@ class FaultCluster(Cluster):
         each (AOF on every node), the plain Redis the broker."""
         redis_dir = tmp / "redis"
         redis_dir.mkdir(parents=True)
-        self.cwd = REPO
-        path = str(REPO)
-        if celeryconfig is not None:
-            # Shadows the repository's celeryconfig.py for these processes only.
-            self.cwd = tmp / "conf"
-            self.cwd.mkdir(parents=True)
-            (self.cwd / "celeryconfig.py").write_text(celeryconfig)
-            path = f"{self.cwd}{os.pathsep}{REPO}"
         self.sentinel: SentinelGroup | None = None
         if sentinel:
             self.sentinel = SentinelGroup(persistent=True).start()
@@ -171,7 +163,9 @@ class FaultCluster(Cluster):
                 primaries=3, replicas=1, extra=("--appendonly", "yes")
             ).start()
             settings = {"redis_url": self.store_cluster.url, "broker_url": redis.url, **settings}
-        super().__init__(tmp, redis=redis, name="faults", pythonpath=path, env=env, **settings)
+        super().__init__(
+            tmp, redis=redis, name="faults", env=env, celeryconfig=celeryconfig, **settings
+        )
         self.redis_dir = redis_dir
         self.watched: list[Watched] = []
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import kombu
 import pytest
 
 import scheduled_prompts as sp
@@ -37,18 +38,38 @@ def _rabbitmq_answers() -> bool:
         return False
 
 
+#: The Celery settings docs/operations.md shows for RabbitMQ quorum queues.
+QUORUM = """
+from scheduled_prompts.celery_app import celery_config
+
+globals().update(celery_config())
+task_default_queue_type = "quorum"
+task_default_exchange_type = "topic"
+broker_transport_options = {"confirm_publish": True}
+"""
+
+
 @pytest.fixture
 def on_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Workers and beat whose store is a fresh 3-primary cluster; the broker RabbitMQ
-    when it answers, else the harness's plain Redis."""
+    with quorum queues when it answers, else the harness's plain Redis."""
     with RedisCluster(primaries=3) as store:
         broker = RedisServer().start()
-        url = RABBITMQ if _rabbitmq_answers() else broker.url
-        made = Cluster(tmp_path, redis=broker, redis_url=store.url, broker_url=url)
+        rabbit = _rabbitmq_answers()
+        made = Cluster(
+            tmp_path,
+            redis=broker,
+            redis_url=store.url,
+            broker_url=RABBITMQ if rabbit else broker.url,
+            celeryconfig=QUORUM if rabbit else None,
+        )
         try:
             yield made
         finally:
             made.close()
+            if rabbit:  # the machine's RabbitMQ is shared: leave no queue behind
+                with kombu.Connection(RABBITMQ) as connection:
+                    connection.default_channel.queue_delete(made.settings["queue"])
 
 
 def test_worker_and_beat_deliver_every_shards_prompts_once(on_cluster: Cluster) -> None:
