@@ -21,6 +21,7 @@ BENCHMARKS = (
     "replication",
     "metrics",
     "limits",
+    "cluster",
 )
 #: Extra arguments per benchmark in a full run: the profiles that say where time goes.
 EXTRA = {"burst": ["--profile"]}

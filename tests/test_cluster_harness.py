@@ -54,3 +54,16 @@ def test_a_script_may_touch_one_slot_only_which_a_hash_tag_gives(cluster: RedisC
             node.close()
     finally:
         client.close()
+
+
+def test_one_primary_is_a_one_node_cluster_serving_every_slot() -> None:
+    with RedisCluster(primaries=1) as single:
+        client = single.client()
+        try:
+            assert len(client.get_primaries()) == 1 and not client.get_replicas()
+            touch = client.register_script(TOUCH)
+            # Every slot is the one node's: any tag works, one slot per call still.
+            assert touch(keys=["sp:{0}:due", "sp:{0}:ids"]) == 2
+            assert touch(keys=["sp:{15}:due"]) == 1
+        finally:
+            client.close()
