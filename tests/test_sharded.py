@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -455,3 +456,45 @@ def test_doctor_checks_every_primary_and_where_the_shards_live(
         and "is a Redis Cluster node: a Redis Cluster cannot be the Celery broker"
         in broker["detail"]
     )
+
+
+# --- the console ----------------------------------------------------------------------------
+
+
+def test_the_console_on_a_sharded_store(memory: MemoryRunner) -> None:
+    from starlette.testclient import TestClient
+
+    from scheduled_prompts.console.app import create_app
+    from scheduled_prompts.console.auth import Access
+
+    token = "console-token-for-the-shards-1234"
+    at = later(600)
+    prompts = spread(12, at=at)
+    published: list[Delivery] = []
+    engine.tick(get_redis(), scope(), published.extend, now=at - timedelta(seconds=60))
+    deliver_all(published[:3], now=at)
+    with TestClient(create_app(Access(token)), follow_redirects=False) as client:
+        form = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        assert (
+            client.post("/login", data={"csrf": csrf[1], "token": token, "next": "/"}).status_code
+            == 303
+        )
+        listing = client.get("/?limit=100")
+        shown = re.findall(r'<td class="id"><a href="/prompts/[^"]+">([^<]+)</a>', listing.text)
+        assert shown == sorted(p.id for p in prompts)
+        done = next(p for p in prompts if p.id == published[0].prompt_id)
+        detail = client.get(f"/prompts/{done.id}")
+        # Its recent deliveries come from its own shard's log.
+        assert detail.status_code == 200 and '<table class="deliveries">' in detail.text
+        waiting = next(p for p in prompts if p.id not in {d.prompt_id for d in published[:3]})
+        assert '<table class="deliveries">' not in client.get(f"/prompts/{waiting.id}").text
+        load = client.get("/load")
+        assert load.status_code == 200
+        page = client.get(f"/prompts/{prompts[5].id}")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        paused = client.post("/actions/pause", data={"prompt_id": prompts[5].id, "csrf": csrf[1]})
+        assert paused.status_code == 303
+    assert sp.get_prompt(prompts[5].id).status is sp.Status.PAUSED  # type: ignore[union-attr]
