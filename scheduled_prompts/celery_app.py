@@ -32,6 +32,12 @@ def celery_config(settings: Settings | None = None) -> dict[str, Any]:
         # through the store; cancelling it would only repeat it after the reconnect.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": s.queue,
+        # A quorum queue is declared by every process that sends or consumes, so the type
+        # is a setting (each process builds it from the same environment), not only a
+        # worker's celeryconfig. Its exchange stays direct: Celery's native delayed
+        # delivery (topic exchanges) cannot send a countdown under a second, and the
+        # worker holds ETA messages of the horizon only.
+        "task_default_queue_type": s.queue_type,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -63,6 +69,8 @@ def broker_config(s: Settings) -> dict[str, Any]:
     # ETA tasks wait unacknowledged in the worker until due: the visibility timeout
     # must outlast the horizon, or the Redis transport redelivers them early.
     options: dict[str, Any] = {"visibility_timeout": s.visibility_timeout}
+    if s.queue_type == "quorum":  # a publish counts once RabbitMQ has it
+        options["confirm_publish"] = True
     # Every key set below is set here too, so that following new settings (configure())
     # replaces what the old ones set, TLS included.
     config: dict[str, Any] = {"broker_transport_options": options, "broker_use_ssl": False}

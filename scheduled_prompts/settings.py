@@ -62,6 +62,11 @@ class Settings:
     queue: str = _setting(
         "scheduled-prompts", "Celery queue the tasks are sent to and workers consume."
     )
+    queue_type: str = _setting(
+        "classic",
+        "`classic`, or `quorum` for a RabbitMQ quorum queue (replicated over a RabbitMQ "
+        "cluster; needs an `amqp://` broker).",
+    )
     runner: str | None = _setting(
         None, "Import path `pkg.module:attr` of the runner each worker loads."
     )
@@ -246,6 +251,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
             "would have to follow each write on its own primary's connection); leave it 0 "
             "and use the cluster's own min-replicas-to-write"
         )
+    _check_queue_type(values)
     shards = values.get("shards")
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"{ENV_PREFIX}SHARDS must be from 1 to {MAX_SHARDS}, got {shards}")
@@ -378,6 +384,23 @@ def sentinel_target(url: str) -> SentinelTarget | None:
             raise bad(f"unknown option {key!r} (accepted: {accepted})")
         options[key] = value
     return SentinelTarget(sentinels, unquote(parts[0]), db, username, password, tls, options)
+
+
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def _check_queue_type(values: Mapping[str, Any]) -> None:
+    kind = values.get("queue_type", "classic")
+    if kind not in QUEUE_TYPES:
+        raise ValueError(
+            f"{ENV_PREFIX}QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, got {kind!r}"
+        )
+    broker = values.get("broker_url") or values.get("redis_url") or Settings.redis_url
+    if kind == "quorum" and not str(broker).lower().startswith(("amqp", "pyamqp")):
+        raise ValueError(
+            f"{ENV_PREFIX}QUEUE_TYPE=quorum needs a RabbitMQ broker ({ENV_PREFIX}BROKER_URL="
+            f"amqp://...), got {mask_url(str(broker))}"
+        )
 
 
 def is_cluster_url(url: str) -> bool:

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import scheduled_prompts
-from scheduled_prompts.celery_app import broker_config
+from scheduled_prompts.celery_app import broker_config, celery_config
 from scheduled_prompts.settings import (
     ENV_PREFIX,
     ClusterTarget,
@@ -396,3 +396,15 @@ def test_min_replicas_is_refused_on_a_cluster_store() -> None:
         settings_from_env(
             {}, redis_url="redis+cluster://h:1/", broker_url="amqp://", min_replicas=1
         )
+
+
+def test_a_quorum_queue_needs_rabbitmq_and_is_declared_by_every_process() -> None:
+    made = settings_from_env({}, broker_url="amqp://guest:guest@mq//", queue_type="quorum")
+    config = celery_config(made)
+    assert config["task_default_queue_type"] == "quorum"
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    assert celery_config(settings_from_env({}))["task_default_queue_type"] == "classic"
+    with pytest.raises(ValueError, match="QUEUE_TYPE=quorum needs a RabbitMQ broker"):
+        settings_from_env({}, queue_type="quorum")
+    with pytest.raises(ValueError, match="QUEUE_TYPE must be one of classic, quorum"):
+        settings_from_env({}, queue_type="stream")

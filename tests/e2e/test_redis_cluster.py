@@ -38,21 +38,12 @@ def _rabbitmq_answers() -> bool:
         return False
 
 
-#: The Celery settings docs/operations.md shows for RabbitMQ quorum queues.
-QUORUM = """
-from scheduled_prompts.celery_app import celery_config
-
-globals().update(celery_config())
-task_default_queue_type = "quorum"
-task_default_exchange_type = "topic"
-broker_transport_options = {"confirm_publish": True}
-"""
-
-
 @pytest.fixture
 def on_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Workers and beat whose store is a fresh 3-primary cluster; the broker RabbitMQ
-    with quorum queues when it answers, else the harness's plain Redis."""
+    with a quorum queue when it answers, else the harness's plain Redis. The test's own
+    process schedules with the same settings (a quorum queue is declared by senders
+    too)."""
     with RedisCluster(primaries=3) as store:
         broker = RedisServer().start()
         rabbit = _rabbitmq_answers()
@@ -61,7 +52,7 @@ def on_cluster(tmp_path: Path) -> Iterator[Cluster]:
             redis=broker,
             redis_url=store.url,
             broker_url=RABBITMQ if rabbit else broker.url,
-            celeryconfig=QUORUM if rabbit else None,
+            **({"queue_type": "quorum"} if rabbit else {}),
         )
         try:
             yield made
