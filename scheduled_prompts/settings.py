@@ -346,20 +346,37 @@ class SentinelTarget:
     tls_options: Mapping[str, str] = field(default_factory=dict)
 
 
-def sentinel_target(url: str) -> SentinelTarget | None:
-    """The sentinels and service ``url`` names; None when it is not a Sentinel URL.
+@dataclass(frozen=True)
+class _HostsUrl:
+    """The parts a ``scheme://[user:password@]host:port[,host:port...]/path?options`` URL
+    of several hosts has (Sentinel and Redis Cluster URLs)."""
 
-    Raises ValueError, saying what is accepted, for a malformed Sentinel URL.
-    """
+    tls: bool
+    username: str | None
+    password: str | None
+    addresses: tuple[tuple[str, int], ...]
+    path: str
+    options: dict[str, str]
+    bad: Callable[[str], ValueError]
+
+
+def _hosts_url(
+    url: str, schemes: Mapping[str, bool], form: str, what: str, default_port: int
+) -> _HostsUrl | None:
+    """``url`` split up, or None when its scheme is not one of ``schemes`` (scheme -> TLS).
+
+    ``bad(problem)`` makes the error for what the caller finds wrong: the URL masked, the
+    problem, and the accepted ``form``."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+    if not sep or scheme.lower() not in schemes:
         return None
     shown = mask_url(url)
+    tls_scheme = next(name for name, secure in schemes.items() if secure)
 
     def bad(problem: str) -> ValueError:
-        return ValueError(f"{shown}: {problem}; expected {SENTINEL_FORM} (rediss+sentinel for TLS)")
+        return ValueError(f"{shown}: {problem}; expected {form} ({tls_scheme} for TLS)")
 
-    tls = SENTINEL_SCHEMES[scheme.lower()]
+    tls = schemes[scheme.lower()]
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
@@ -368,22 +385,36 @@ def sentinel_target(url: str) -> SentinelTarget | None:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    sentinels = tuple(_host_port(part, bad) for part in hosts.split(","))
-    parts = [p for p in path.split("/") if p]
-    if not parts or len(parts) > 2:
-        raise bad("the path must be the service name, then optionally the database number")
-    db = 0
-    if len(parts) == 2:
-        if not parts[1].isdigit():
-            raise bad(f"database {parts[1]!r} is not a number")
-        db = int(parts[1])
+    addresses = tuple(_host_port(part, bad, what, default_port) for part in hosts.split(","))
     options: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in TLS_OPTIONS or not tls:
-            accepted = ", ".join(TLS_OPTIONS) + " (with rediss+sentinel)"
+            accepted = ", ".join(TLS_OPTIONS) + f" (with {tls_scheme})"
             raise bad(f"unknown option {key!r} (accepted: {accepted})")
         options[key] = value
-    return SentinelTarget(sentinels, unquote(parts[0]), db, username, password, tls, options)
+    return _HostsUrl(tls, username, password, addresses, path, options, bad)
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The sentinels and service ``url`` names; None when it is not a Sentinel URL.
+
+    Raises ValueError, saying what is accepted, for a malformed Sentinel URL.
+    """
+    found = _hosts_url(url, SENTINEL_SCHEMES, SENTINEL_FORM, "sentinel", SENTINEL_PORT)
+    if found is None:
+        return None
+    parts = [p for p in found.path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise found.bad("the path must be the service name, then optionally the database number")
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise found.bad(f"database {parts[1]!r} is not a number")
+        db = int(parts[1])
+    return SentinelTarget(
+        found.addresses, unquote(parts[0]), db, found.username, found.password, found.tls,
+        found.options,
+    )  # fmt: skip
 
 
 QUEUE_TYPES = ("classic", "quorum")
@@ -450,38 +481,15 @@ def cluster_target(url: str) -> ClusterTarget | None:
 
     Raises ValueError, saying what is accepted, for a malformed one.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+    found = _hosts_url(url, CLUSTER_SCHEMES, CLUSTER_FORM, "node", REDIS_PORT)
+    if found is None:
         return None
-    shown = mask_url(url)
-
-    def bad(problem: str) -> ValueError:
-        return ValueError(f"{shown}: {problem}; expected {CLUSTER_FORM} (rediss+cluster for TLS)")
-
-    tls = CLUSTER_SCHEMES[scheme.lower()]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    nodes = tuple(_host_port(part, bad, "node", REDIS_PORT) for part in hosts.split(","))
-    if path.strip("/") not in ("", "0"):
-        raise bad(f"a Redis Cluster has database 0 only, got path {'/' + path!r}")
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in TLS_OPTIONS or not tls:
-            accepted = ", ".join(TLS_OPTIONS) + " (with rediss+cluster)"
-            raise bad(f"unknown option {key!r} (accepted: {accepted})")
-        options[key] = value
-    return ClusterTarget(nodes, username, password, tls, options)
+    if found.path.strip("/") not in ("", "0"):
+        raise found.bad(f"a Redis Cluster has database 0 only, got path {'/' + found.path!r}")
+    return ClusterTarget(found.addresses, found.username, found.password, found.tls, found.options)
 
 
-def _host_port(
-    text: str, bad: Any, what: str = "sentinel", default_port: int = SENTINEL_PORT
-) -> tuple[str, int]:
+def _host_port(text: str, bad: Any, what: str, default_port: int) -> tuple[str, int]:
     if not text:
         raise bad(f"a {what} address is empty")
     if text.startswith("["):
