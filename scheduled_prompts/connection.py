@@ -43,6 +43,16 @@ from .settings import (
 )
 from .store import Scope
 
+#: What a store client raises when Redis is away: redis-py's errors, and the cluster
+#: client's own (``RedisClusterException`` is not a ``RedisError``: no node reachable).
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
+#: What a check that asks one node (a PING, a topology read) meets when it cannot reach it.
+UNREACHABLE: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)
+
 _lock = threading.Lock()
 _client: redis.Redis | None = None
 
@@ -128,7 +138,7 @@ def new_redis(settings: Settings, *, timeout: float | None = None) -> redis.Redi
             return redis.Redis.from_url(settings.redis_url, **kwargs)
     except ValueError as exc:
         raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
-    except redis.RedisError as exc:  # a cluster client asks its nodes for the slots
+    except STORE_ERRORS as exc:  # a cluster client asks its nodes for the slots
         raise unavailable(exc, settings) from exc
     watch, node = _sentinel_kwargs(settings, target, kwargs)
     manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from redis.exceptions import RedisError
-
-from .connection import new_redis
+from .connection import UNREACHABLE, new_redis
 from .errors import StoreUnavailable
 from .settings import get_settings
 
@@ -45,7 +43,7 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
     try:
         return bool(client.ping())
-    except (RedisError, OSError):
+    except UNREACHABLE:
         return False
     finally:
         client.close()

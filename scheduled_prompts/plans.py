@@ -17,9 +17,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisError
-
-from .connection import unavailable
+from .connection import STORE_ERRORS, unavailable
 from .occurrences import Delivery, Publish, hand_over
 from .store import Op
 
@@ -55,7 +53,7 @@ def run(plan: Plan[T], client: Redis, publish: Publish) -> T:
             else:
                 try:
                     result = step.run(client)
-                except RedisError as exc:
+                except STORE_ERRORS as exc:
                     raise unavailable(exc) from exc
             step = plan.send(result)
     except StopIteration as stop:
@@ -73,7 +71,7 @@ async def arun(plan: Plan[T], client: AsyncRedis, publish: Publish) -> T:
             else:
                 try:
                     result = await step.arun(client)
-                except RedisError as exc:
+                except STORE_ERRORS as exc:
                     raise unavailable(exc) from exc
             step = plan.send(result)
     except StopIteration as stop:

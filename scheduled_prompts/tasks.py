@@ -15,12 +15,11 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_init, worker_ready, worker_shutting_down
-from redis.exceptions import RedisError
 
 from . import engine, hydration, retention
 from ._time import utcnow
 from .celery_app import app
-from .connection import get_redis, scope
+from .connection import STORE_ERRORS, get_redis, scope
 from .errors import RunnerNotConfigured, StoreUnavailable
 from .occurrences import Delivery, batches, hand_over
 from .outcomes import Outcome, Result
@@ -51,6 +50,9 @@ def _on_worker_shutting_down(**_: Any) -> None:
     if _stopping is not None:
         _stopping.set()
 
+
+#: A delivery task retries on these: the store stays as it was, the occurrence in flight.
+REDIS_AWAY: tuple[type[Exception], ...] = (*STORE_ERRORS, StoreUnavailable)
 
 DELIVER = "scheduled_prompts.deliver"
 DELIVER_BATCH = "scheduled_prompts.deliver_batch"
@@ -136,7 +138,7 @@ def deliver(
                 slot_ms=slot_ms,
                 limited_since_ms=limited_since_ms,
             )
-    except (RedisError, StoreUnavailable) as exc:
+    except REDIS_AWAY as exc:
         # The occurrence stays in flight in Redis; tick re-drives it if this retry is lost.
         log.warning("Redis unavailable delivering %s: %s", delivery.key, exc)
         raise self.retry(countdown=5, exc=exc) from exc
@@ -170,7 +172,7 @@ def deliver_batch(self: Task, items: list[list[Any]], shard: int = 0) -> dict[st
     deliveries = [Delivery(str(pid), int(ms), shard=ctx.number) for pid, ms in items]
     try:
         results = engine.deliver_many(get_redis(), ctx, deliveries, stopping=stopping)
-    except (RedisError, StoreUnavailable) as exc:
+    except REDIS_AWAY as exc:
         # Every occurrence stays in flight in Redis; what was committed is skipped again.
         log.warning("Redis unavailable delivering a batch of %d: %s", len(deliveries), exc)
         raise self.retry(countdown=5, exc=exc) from exc

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from .connection import sentinel_link
+from .connection import UNREACHABLE, sentinel_link
 from .keys import Keys
 from .operations import Check
 from .settings import SentinelTarget, Settings, sentinel_target
@@ -135,7 +135,7 @@ def _cluster(settings: Settings, client: Any) -> list[Check]:
         }
         roles = {p.name: client.info("replication", target_nodes=p) for p in primaries}
         config = {p.name: client.config_get("*", target_nodes=p) for p in primaries}
-    except (RedisError, OSError) as exc:
+    except UNREACHABLE as exc:
         return [Check("cluster", False, f"cannot read the cluster: {_reason(exc)}")]
     per_node = Counter(slots.values())
     spread = ", ".join(f"{name} {per_node.get(name, 0)}" for name in sorted(roles))

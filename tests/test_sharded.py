@@ -498,3 +498,22 @@ def test_the_console_on_a_sharded_store(memory: MemoryRunner) -> None:
         paused = client.post("/actions/pause", data={"prompt_id": prompts[5].id, "csrf": csrf[1]})
         assert paused.status_code == 303
     assert sp.get_prompt(prompts[5].id).status is sp.Status.PAUSED  # type: ignore[union-attr]
+
+
+def test_a_cluster_no_node_answers_is_store_unavailable() -> None:
+    from support.redis_server import free_port
+
+    url = f"redis+cluster://ana:secret@127.0.0.1:{free_port()}/"
+    sp.configure(redis_url=url, broker_url="memory://")
+    try:
+        with pytest.raises(sp.StoreUnavailable, match="RedisClusterUnreachableError") as caught:
+            sp.get_prompt("any")
+        assert "secret" not in str(caught.value) and "ana:***@" in str(caught.value)
+        reply = json.loads(
+            handle_tool_call("list_scheduled_prompts", {}, context=ToolContext("u", "p"))
+        )
+        assert reply == {
+            "error": "the scheduler is unavailable right now; tell the user and try again later"
+        }
+    finally:
+        sp.configure()

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from .. import api, operations, pulse, topology
 from .._time import utcnow
-from ..connection import new_redis, scope
+from ..connection import STORE_ERRORS, new_redis, scope
 from ..operations import Check
 from ..runners import load_runner
 from ..settings import CLUSTER_BROKER, Settings, get_settings, mask_url
@@ -108,7 +108,7 @@ def _unreachable(settings: Settings, client: redis.Redis) -> str | None:
     """None when ``client`` answers PING; else what went wrong, the URL masked."""
     try:
         client.ping()
-    except RedisError as exc:
+    except STORE_ERRORS as exc:
         return f"unreachable at {mask_url(settings.redis_url)}: {exc}"
     return None
 
