@@ -24,6 +24,7 @@ import redis
 
 from . import history, store
 from ._time import to_ms, utcnow
+from .connection import TRANSIENT
 from .metrics import Batch, Observation
 from .models import SCHEMA_VERSION, RecordError, ScheduledPrompt
 from .occurrences import Delivery, redrive_delay
@@ -213,7 +214,7 @@ class Claims:
             try:
                 self._commit_rounds(changes, metrics, raws, results, settled)
                 return results
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except TRANSIENT as exc:
                 if time.monotonic() + pause > deadline:
                     raise
                 left = len(changes) - len(settled)

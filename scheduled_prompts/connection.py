@@ -50,6 +50,18 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.RedisClusterException,
 )
 
+#: Errors of a write that may not have happened and can be tried again: the connection
+#: failed, or a Redis Cluster is failing over (CLUSTERDOWN, TRYAGAIN while a slot moves,
+#: no node reachable, a slot without its primary yet).
+TRANSIENT: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
 #: What a check that asks one node (a PING, a topology read) meets when it cannot reach it.
 UNREACHABLE: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)
 
