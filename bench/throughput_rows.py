@@ -35,6 +35,15 @@ CRON = "*/5 * * * *"
 CRON_ZONE = "Europe/Paris"
 SINGLE_PROMISE = 1_000
 MANY_PROMISE = 20_000
+#: Issue 18: cron prompts whose (expression, timezone) pairs are all different.
+DISTINCT_PROMISE = 5_000
+#: Zones for the distinct pairs: each minute of the day in each (24 x 60 x 14 = 20,160).
+DISTINCT_ZONES = (
+    "America/Los_Angeles", "America/Denver", "America/Chicago", "America/New_York",
+    "America/Sao_Paulo", "Europe/London", "Europe/Paris", "Europe/Helsinki",
+    "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney",
+    "Australia/Lord_Howe", "Pacific/Auckland",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,11 @@ class Sizes:
     single: int
     many: int
     cron: int
+    distinct: int
 
 
-FULL = Sizes(single=5_000, many=20_000, cron=5_000)
-QUICK = Sizes(single=1_000, many=5_000, cron=1_000)
+FULL = Sizes(single=5_000, many=20_000, cron=5_000, distinct=20_000)
+QUICK = Sizes(single=1_000, many=5_000, cron=1_000, distinct=2_000)
 
 
 def user(i: int) -> str:
@@ -74,6 +84,22 @@ def cron_specs(n: int) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
+
+
+def distinct_cron_specs(n: int) -> list[dict[str, Any]]:
+    """``n`` cron keyword sets, every (expression, timezone) pair different: a daily time
+    per user ("M H * * *"), each minute of the day in each of the zones in turn."""
+    start_at = datetime.now(UTC) + timedelta(hours=1)
+    specs = []
+    for i in range(n):
+        minute_of_day, zone = divmod(i, len(DISTINCT_ZONES))
+        hour, minute = divmod(minute_of_day % 1440, 60)
+        specs.append({
+            "prompt": PROMPT, "user_id": user(i), "platform": PLATFORM,
+            "cron": f"{minute} {hour} * * *", "timezone": DISTINCT_ZONES[zone],
+            "start_at": start_at,
+        })  # fmt: skip
+    return specs
 
 
 @dataclass
@@ -197,6 +223,23 @@ def ours_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
         fresh(cron_specs, sizes.cron), api.schedule_many, stored, sizes.cron, runs=runs
     )
     rows.append(Row("ours", f"schedule_many, cron {CRON!r} {CRON_ZONE}", sizes.cron, seconds))
+    progress(f"ours: schedule_many of {sizes.distinct:,} distinct cron pairs, {runs} runs")
+    seconds = measure(
+        fresh(distinct_cron_specs, sizes.distinct),
+        api.schedule_many,
+        stored,
+        sizes.distinct,
+        runs=runs,
+    )
+    rows.append(
+        Row(
+            "ours",
+            "schedule_many, cron, every (expression, timezone) distinct",
+            sizes.distinct,
+            seconds,
+            DISTINCT_PROMISE,
+        )
+    )
     return rows
 
 
