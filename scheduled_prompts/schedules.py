@@ -91,6 +91,14 @@ class CronSchedule:
         return ZoneInfo(self.timezone)
 
     @cached_property
+    def plain(self) -> tuple[tuple[int, ...], tuple[int, ...], frozenset[int] | None] | None:
+        """(minutes, hours, weekdays or None for every day) when the expression is plain
+        numbers in those fields and ``*`` for day of month and month — the daily and
+        weekly shape most schedules have, walked without croniter (see :func:`_plain_walls`);
+        None for anything else."""
+        return _plain_fields(self.fields)
+
+    @cached_property
     def fixed_time(self) -> bool:
         minute, hour = self.fields.split()[:2]
         return not (minute.startswith("*") or hour.startswith("*"))
@@ -109,12 +117,12 @@ class CronSchedule:
         zone = self.zone
         back = _offset_span(zone, a, _shift(a, _SHIFT_WINDOW))
         start = _shift(_wall(a, zone), -(back + _ONE_MINUTE))
-        walk = croniter(self.fields, start, ret_type=datetime)
+        walk = self._walls(start)
         best: datetime | None = None
         stop_wall = datetime.max
         while True:
             try:
-                m = walk.get_next(datetime)
+                m = next(walk)
                 if m > stop_wall:
                     return best
                 for u in self._instants(m):
@@ -122,9 +130,16 @@ class CronSchedule:
                         best = u
                         span = _offset_span(zone, _shift(u, -_SHIFT_WINDOW), u)
                         stop_wall = _shift(_wall(u, zone), span)
-            except (CroniterBadDateError, OverflowError):
+            except (CroniterBadDateError, OverflowError, StopIteration):
                 # No match left, or the walk reached the end of the calendar (year 9999).
                 return best
+
+    def _walls(self, start: datetime) -> Iterator[datetime]:
+        """The matching naive wall times strictly after ``start``, ascending."""
+        if self.plain is not None:
+            return _plain_walls(start, *self.plain)
+        walk = croniter(self.fields, start, ret_type=datetime)
+        return iter(functools.partial(walk.get_next, datetime), None)
 
     def iter_after(self, after: datetime) -> Iterator[datetime]:
         """Fire instants strictly after ``after``, in order, for as long as they last."""
@@ -197,6 +212,8 @@ def _parse_cron(expression: object, timezone: object) -> CronSchedule:
             )
         parts[4] = _LAST_WEEKDAY.sub(r"L\1", parts[4])
         fields = " ".join(_collapse_equal_ranges(part) for part in parts)
+    if _plain_fields(fields) is not None:  # valid by its shape, and fires every week
+        return CronSchedule(expression=text, timezone=zone.key, fields=fields)
     try:
         probe = croniter(fields, datetime(2000, 1, 1), ret_type=datetime)
         probe.get_next(datetime)
@@ -418,6 +435,66 @@ def preview_schedule(
     return list(itertools.islice(fires_after(schedule, start - shift, offset=shift), count))
 
 
+_PLAIN_PART = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
+
+
+def _plain_values(field: str, low: int, high: int) -> tuple[int, ...] | None:
+    """The values of a field made of ``*``, ``*/S``, ``N``, ``A-B`` and ``A-B/S`` parts
+    (comma-separated) within [low, high], ascending; None for any other form (names, L,
+    W, #, ``N/S``, a reversed range) or a value out of bounds, left to croniter."""
+    values: set[int] = set()
+    for part in field.split(","):
+        match = _PLAIN_PART.fullmatch(part)
+        if match is None:
+            return None
+        step = int(match[4]) if match[4] else 1
+        if match[1] == "*":
+            first, last = low, high
+        elif match[4] and not match[3]:
+            return None  # "N/S": croniter's own reading, not walked here
+        else:
+            first = int(match[2])
+            last = int(match[3]) if match[3] else first
+        if step < 1 or not low <= first <= last <= high:
+            return None
+        values.update(range(first, last + 1, step))
+    return tuple(sorted(values))
+
+
+def _plain_fields(
+    fields: str,
+) -> tuple[tuple[int, ...], tuple[int, ...], frozenset[int] | None] | None:
+    minute, hour, day, month, weekday = fields.split()
+    if day != "*" or month != "*":
+        return None
+    minutes, hours = _plain_values(minute, 0, 59), _plain_values(hour, 0, 23)
+    days = None if weekday == "*" else _plain_values(weekday, 0, 7)
+    if minutes is None or hours is None or (weekday != "*" and days is None):
+        return None
+    return minutes, hours, None if days is None else frozenset(d % 7 for d in days)
+
+
+def _plain_walls(
+    start: datetime,
+    minutes: tuple[int, ...],
+    hours: tuple[int, ...],
+    weekdays: frozenset[int] | None,
+) -> Iterator[datetime]:
+    """Wall times strictly after ``start`` (naive) at one of ``hours``:``minutes`` on a
+    day whose weekday (0 = Sunday) is in ``weekdays`` (None: every day), ascending — what
+    croniter's walk gives for such an expression, without its per-step date arithmetic.
+    Raises OverflowError past the end of the calendar, as croniter does."""
+    day = start.date()
+    while True:
+        if weekdays is None or day.isoweekday() % 7 in weekdays:
+            for hour in hours:
+                for minute in minutes:
+                    wall = datetime(day.year, day.month, day.day, hour, minute)
+                    if wall > start:
+                        yield wall
+        day += timedelta(days=1)
+
+
 def _collapse_equal_ranges(field: str) -> str:
     """Rewrite ``N-N`` (and ``N-N/S``) as ``N``.
 
@@ -464,18 +541,23 @@ def _shift(value: datetime, delta: timedelta) -> datetime:
 
 
 def _offset_span(zone: ZoneInfo, lo: datetime, hi: datetime) -> timedelta:
-    """How far the zone's UTC offset moves within [lo, hi] (hourly samples); 0 if fixed."""
-    offsets: set[timedelta] = set()
-    step = timedelta(hours=1)
-    t = lo
-    try:
-        while t <= hi:
-            offsets.add(_offset(t, zone))
-            t += step
-        offsets.add(_offset(hi, zone))
-    except OverflowError:  # within a day of year 1 or 9999: sample what exists
-        pass
+    """How far the zone's UTC offset moves within [lo, hi], sampled at every whole hour
+    from the one at or before ``lo`` to the one at or after ``hi``; 0 if fixed. (A wider
+    window than asked only makes the callers walk a little further.)"""
+    first = math.floor(lo.timestamp() / 3600)
+    last = math.ceil(hi.timestamp() / 3600)
+    offsets = {o for hour in range(first, last + 1) if (o := _hour_offset(zone, hour)) is not None}
     return max(offsets) - min(offsets) if offsets else timedelta(0)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _hour_offset(zone: ZoneInfo, hour: int) -> timedelta | None:
+    """The zone's UTC offset at the start of epoch hour ``hour`` (None outside the
+    calendar). Remembered: the walks of many prompts in one zone ask the same hours."""
+    try:
+        return _offset(datetime.fromtimestamp(hour * 3600, UTC), zone)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _transition(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:

@@ -7,6 +7,7 @@ three zones, and a property test against the minute-by-minute reference in
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
@@ -1045,3 +1046,66 @@ def test_cron_run_at_end_at_is_included_and_after_it_is_none() -> None:
     assert next_cron_run(schedule, NOW, end_at=utc(2026, 3, 2, 9)) == utc(2026, 3, 2, 9)
     assert next_cron_run(schedule, NOW, end_at=utc(2026, 3, 2, 8, 59)) is None
     assert first_cron_run(schedule, NOW, end_at=utc(2026, 3, 2, 8, 59)) is None
+
+
+# --- the plain walk: daily and weekly shapes without croniter ------------------------------
+
+
+def _part(draw: st.DrawFn, low: int, high: int) -> str:
+    kind = draw(st.sampled_from(["value", "range", "step", "star-step"]))
+    if kind == "star-step":
+        return f"*/{draw(st.integers(1, high - low + 1))}"
+    first = draw(st.integers(low, high))
+    if kind == "value":
+        return str(first)
+    last = draw(st.integers(first, high))
+    return f"{first}-{last}" + (f"/{draw(st.integers(1, 10))}" if kind == "step" else "")
+
+
+@st.composite
+def plain_expressions(draw: st.DrawFn) -> str:
+    def field(low: int, high: int) -> str:
+        if draw(st.booleans()) and high < 59:
+            return "*"
+        return ",".join(_part(draw, low, high) for _ in range(draw(st.integers(1, 3))))
+
+    weekday = "*" if draw(st.booleans()) else field(0, 7)
+    return f"{field(0, 59)} {field(0, 23)} * * {weekday}"
+
+
+@settings(max_examples=300)
+@given(
+    plain_expressions(),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 12, 31)),
+)
+def test_the_plain_walk_gives_croniters_wall_times(expression: str, start: datetime) -> None:
+    from croniter import croniter
+
+    from scheduled_prompts.schedules import _plain_fields, _plain_walls
+
+    fields = parse_cron(expression).fields
+    plain = _plain_fields(fields)
+    assert plain is not None, fields
+    walk = croniter(fields, start, ret_type=datetime)
+    expected = [walk.get_next(datetime) for _ in range(12)]
+    got = list(itertools.islice(_plain_walls(start, *plain), 12))
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["0 9 1 * *", "0 9 * 2 *", "0 9 * * MON", "0 9 * * 5L", "5/15 * * * *", "0 9 L * *",
+     "0 9 * * 1#2", "50-10 * * * *"],
+)  # fmt: skip
+def test_other_shapes_are_left_to_croniter(expression: str) -> None:
+    from scheduled_prompts.schedules import _plain_fields
+
+    assert _plain_fields(parse_cron(expression).fields) is None
+
+
+def test_a_plain_walk_ends_with_the_calendar() -> None:
+    schedule = parse_cron("30 23 * * 1")
+    assert schedule.plain is not None
+    last = schedule.next_after(datetime(9999, 12, 21, tzinfo=UTC))
+    assert last == datetime(9999, 12, 27, 23, 30, tzinfo=UTC)
+    assert schedule.next_after(datetime(9999, 12, 28, tzinfo=UTC)) is None
