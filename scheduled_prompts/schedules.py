@@ -461,6 +461,7 @@ def _plain_values(field: str, low: int, high: int) -> tuple[int, ...] | None:
     return tuple(sorted(values))
 
 
+@functools.lru_cache(maxsize=4096)
 def _plain_fields(
     fields: str,
 ) -> tuple[tuple[int, ...], tuple[int, ...], frozenset[int] | None] | None:
@@ -544,8 +545,11 @@ def _offset_span(zone: ZoneInfo, lo: datetime, hi: datetime) -> timedelta:
     """How far the zone's UTC offset moves within [lo, hi], sampled at every whole hour
     from the one at or before ``lo`` to the one at or after ``hi``; 0 if fixed. (A wider
     window than asked only makes the callers walk a little further.)"""
-    first = math.floor(lo.timestamp() / 3600)
-    last = math.ceil(hi.timestamp() / 3600)
+    return _hours_span(zone, math.floor(lo.timestamp() / 3600), math.ceil(hi.timestamp() / 3600))
+
+
+@functools.lru_cache(maxsize=4096)
+def _hours_span(zone: ZoneInfo, first: int, last: int) -> timedelta:
     offsets = {o for hour in range(first, last + 1) if (o := _hour_offset(zone, hour)) is not None}
     return max(offsets) - min(offsets) if offsets else timedelta(0)
 
