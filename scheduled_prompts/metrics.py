@@ -17,10 +17,11 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import store
 from ._time import to_ms
+from .keys import Keys
 from .models import Status
 from .occurrences import Delivery
 
@@ -188,9 +189,14 @@ def statuses(ctx: Scope) -> Plan[dict[str, int] | None]:
     """Stored prompts by status over every shard (every status, zeros included;
     ``unreadable`` when a recount found records it could not read), or None while the
     count of a shard is incomplete."""
+    replies = yield store.Commands([("HGETALL", s.keys.counts) for s in ctx.every_shard()])
+    return _summed_statuses(replies)
+
+
+def _summed_statuses(replies: Sequence[Any]) -> dict[str, int] | None:
     out = {s.value: 0 for s in Status}
-    for shard in ctx.every_shard():
-        counts = store.as_mapping((yield store.Command(("HGETALL", shard.keys.counts))))
+    for reply in replies:
+        counts = store.as_mapping(reply)
         if "counted" not in counts:
             return None
         for status, n in counts.items():
@@ -214,34 +220,46 @@ class Snapshot:
 
 
 def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
-    """Read the metrics hashes and the gauges of every shard. Costs O(shards + series +
-    in flight): the in-flight sets hold only occurrences within the horizon, never the
-    stored prompts."""
+    """Read the metrics hashes and the gauges of every shard, in one round trip (per
+    node). Costs O(shards + series + in flight): the in-flight sets hold only
+    occurrences within the horizon, never the stored prompts."""
     now_ms = to_ms(now)
+    reads = [_shard_reads(shard.keys, now_ms) for shard in ctx.every_shard()]
+    commands = [c for read in reads for c in read]
+    *replies, beat = yield store.Commands([*commands, ("GET", ctx.shard(0).keys.beat)])
+    width = len(reads[0])
+    per_shard = [replies[at : at + width] for at in range(0, len(replies), width)]
     series: dict[tuple[str, ...], float] = {}
     backlog = inflight = 0
     oldest: list[int] = [0]
-    for shard in ctx.every_shard():
-        keys = shard.keys
-        raw = yield store.Command(("HGETALL", keys.metrics))
+    for raw, overdue, first, members, _ in per_shard:
         for name, value in decode(store.as_mapping(raw)).items():
             series[name] = series.get(name, 0) + value
-        overdue = int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
-        first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
-        members = yield store.Command(("ZRANGE", keys.inflight, 0, -1))
         # A detached run (``overlap="allow"``) started already: it is running, not overdue.
         flights = (Delivery.from_key(store.as_text(m)) for m in members)
         handed = [d.occurrence_ms for d in flights if not d.detached]
         past = [ms for ms in handed if ms <= now_ms]
-        oldest += [now_ms - int(score) for _, score in first] + [now_ms - ms for ms in past]
-        backlog += overdue + len(past)
+        oldest += [now_ms - int(score) for _, score in store.as_scored(first)]
+        oldest += [now_ms - ms for ms in past]
+        backlog += int(overdue) + len(past)
         inflight += len(handed)
-    beat = yield store.Command(("GET", ctx.shard(0).keys.beat))
     return Snapshot(
         series=series,
-        statuses=(yield from statuses(ctx)),
+        statuses=_summed_statuses([counts for *_, counts in per_shard]),
         due_backlog=backlog,
         inflight=inflight,
         oldest_overdue_seconds=max(oldest) / 1000,
         last_tick=None if beat is None else int(beat) / 1000,
     )
+
+
+def _shard_reads(keys: Keys, now_ms: int) -> list[tuple[str | int, ...]]:
+    """What :func:`snapshot` reads of one shard: the metrics hash, the overdue count, the
+    oldest overdue entry, the in-flight set and the status counts."""
+    return [
+        ("HGETALL", keys.metrics),
+        ("ZCOUNT", keys.due, "-inf", now_ms),
+        store.first_scored(keys.due, now_ms, 1),
+        ("ZRANGE", keys.inflight, 0, -1),
+        ("HGETALL", keys.counts),
+    ]

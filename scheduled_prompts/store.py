@@ -761,6 +761,21 @@ def as_mapping(reply: Any) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in zip(items[::2], items[1::2], strict=True)}
 
 
+def as_scored(reply: Any) -> list[tuple[str, float]]:
+    """A ``WITHSCORES`` reply as (member, score) pairs: redis-py pairs them up, or a flat
+    list when no callback knew the command."""
+    items = list(reply or [])
+    if items and not isinstance(items[0], list | tuple):
+        items = list(zip(items[::2], items[1::2], strict=True))
+    return [(as_text(m), float(sc)) for m, sc in items]
+
+
+def first_scored(key: str, max_score: int, count: int) -> tuple[str | int, ...]:
+    """The command for :class:`RangeByScore`'s first page, for a :class:`Commands` that
+    reads several keys in one round trip (its reply goes through :func:`as_scored`)."""
+    return ("ZRANGEBYSCORE", key, "-inf", max_score, "WITHSCORES", "LIMIT", 0, count)
+
+
 def is_cluster(client: object) -> bool:
     """Whether ``client`` is a Redis Cluster's (sync or asyncio), typed as ``Redis``."""
     return isinstance(client, RedisCluster | AsyncRedisCluster)
