@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import store
+from . import shards, store
 from ._time import from_ms
 
 if TYPE_CHECKING:
@@ -116,10 +116,10 @@ def recent(ctx: Scope, prompt_id: str | None = None, limit: int = 10) -> Plan[li
 
 def failures(ctx: Scope, limit: int = 50) -> Plan[list[Entry]]:
     """The newest failed and retried steps of every shard, newest first."""
-    found: list[Entry] = []
-    for shard in ctx.every_shard():
-        rows = yield store.Command(("XREVRANGE", shard.keys.failures, "+", "-", "COUNT", limit))
-        found += _matching(rows, None)
+    per_shard, _ = yield from shards.each_read(
+        ctx, lambda keys: [("XREVRANGE", keys.failures, "+", "-", "COUNT", limit)]
+    )
+    found = [entry for (rows,) in per_shard for entry in _matching(rows, None)]
     found.sort(key=lambda entry: entry.at, reverse=True)  # stable: a shard's order stays
     return found[:limit]
 

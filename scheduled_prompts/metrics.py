@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import store
+from . import shards, store
 from ._time import to_ms
 from .keys import Keys
 from .models import Status
@@ -189,8 +189,8 @@ def statuses(ctx: Scope) -> Plan[dict[str, int] | None]:
     """Stored prompts by status over every shard (every status, zeros included;
     ``unreadable`` when a recount found records it could not read), or None while the
     count of a shard is incomplete."""
-    replies = yield store.Commands([("HGETALL", s.keys.counts) for s in ctx.every_shard()])
-    return _summed_statuses(replies)
+    per_shard, _ = yield from shards.each_read(ctx, lambda keys: [("HGETALL", keys.counts)])
+    return _summed_statuses([counts for (counts,) in per_shard])
 
 
 def _summed_statuses(replies: Sequence[Any]) -> dict[str, int] | None:
@@ -224,11 +224,9 @@ def snapshot(ctx: Scope, now: datetime) -> Plan[Snapshot]:
     node). Costs O(shards + series + in flight): the in-flight sets hold only
     occurrences within the horizon, never the stored prompts."""
     now_ms = to_ms(now)
-    reads = [_shard_reads(shard.keys, now_ms) for shard in ctx.every_shard()]
-    commands = [c for read in reads for c in read]
-    *replies, beat = yield store.Commands([*commands, ("GET", ctx.shard(0).keys.beat)])
-    width = len(reads[0])
-    per_shard = [replies[at : at + width] for at in range(0, len(replies), width)]
+    per_shard, (beat,) = yield from shards.each_read(
+        ctx, lambda keys: _shard_reads(keys, now_ms), ("GET", ctx.shard(0).keys.beat)
+    )
     series: dict[tuple[str, ...], float] = {}
     backlog = inflight = 0
     oldest: list[int] = [0]

@@ -29,8 +29,8 @@ PAGE = 1000
 
 def count(ctx: Scope) -> Plan[int]:
     """How many prompts are stored (in every shard)."""
-    sizes = yield store.Commands([("ZCARD", shard.keys.ids) for shard in ctx.every_shard()])
-    return sum(int(n) for n in sizes)
+    per_shard, _ = yield from shards.each_read(ctx, lambda keys: [("ZCARD", keys.ids)])
+    return sum(int(size) for (size,) in per_shard)
 
 
 def stats(
@@ -55,19 +55,25 @@ def stats(
         if progress is not None:
             progress(len(page))
     now_ms = to_ms(now)
+    per_shard, (beat,) = yield from shards.each_read(
+        ctx,
+        lambda k: [
+            ("ZCOUNT", k.due, "-inf", now_ms), ("ZCOUNT", k.due, now_ms, horizon_ms(ctx, now)),
+            store.first_scored(k.due, now_ms, 1), store.first_scored(k.inflight, now_ms, 100),
+            ("ZCARD", k.inflight),
+        ],
+        ("GET", ctx.shard(0).keys.beat),
+    )  # fmt: skip
     overdue = soon = in_flight = stuck = 0
     oldest: list[int] = []
-    for shard in ctx.every_shard():
-        keys = shard.keys
-        overdue += int((yield store.Command(("ZCOUNT", keys.due, "-inf", now_ms))))
-        soon += int((yield store.Command(("ZCOUNT", keys.due, now_ms, horizon_ms(ctx, now)))))
-        first = yield store.RangeByScore(keys.due, now_ms, 0, 1)
-        oldest += [now_ms - int(score) for _, score in first]
-        late = yield store.RangeByScore(keys.inflight, now_ms, 0, 100)
-        oldest += [now_ms - Delivery.from_key(key).occurrence_ms for key, _ in late]
-        stuck += len(late)
-        in_flight += int((yield store.Command(("ZCARD", keys.inflight))))
-    beat = yield store.Command(("GET", ctx.shard(0).keys.beat))
+    for past_due, within, first, late, flying in per_shard:
+        overdue += int(past_due)
+        soon += int(within)
+        late_keys = [key for key, _ in store.as_scored(late)]
+        oldest += [now_ms - int(score) for _, score in store.as_scored(first)]
+        oldest += [now_ms - Delivery.from_key(key).occurrence_ms for key in late_keys]
+        stuck += len(late_keys)
+        in_flight += int(flying)
     by_status = {s.value: counts.get(s.value, 0) for s in Status}
     if counts["unreadable"]:
         by_status["unreadable"] = counts["unreadable"]

@@ -10,10 +10,11 @@ always was.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import store
+from .keys import Keys
 from .plans import Plan
 from .store import Scope
 
@@ -43,6 +44,25 @@ def each(ops: Sequence[store.Eval]) -> Plan[list[Any]]:
         return [(yield ops[0])]
     replies: list[Any] = yield store.Pipeline(ops)
     return replies
+
+
+Command = Sequence[str | int | float]
+
+
+def each_read(
+    ctx: Scope, commands_of: Callable[[Keys], Sequence[Command]], *also: Command
+) -> Plan[tuple[list[list[Any]], list[Any]]]:
+    """(each shard's replies to ``commands_of(its keys)``, the replies to ``also``), all
+    in one round trip (per node): how a read covers every shard."""
+    per_shard = [list(commands_of(shard.keys)) for shard in ctx.every_shard()]
+    flat = [command for commands in per_shard for command in commands]
+    replies: list[Any] = yield store.Commands([*flat, *also])
+    grouped: list[list[Any]] = []
+    at = 0
+    for commands in per_shard:
+        grouped.append(replies[at : at + len(commands)])
+        at += len(commands)
+    return grouped, replies[at:]
 
 
 def ids_after(ctx: Scope, after: str | None, count: int) -> Plan[list[tuple[str, Scope]]]:

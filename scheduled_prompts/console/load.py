@@ -79,20 +79,17 @@ def window(ctx: Scope, now: datetime) -> Plan[Window]:
     start_ms = to_ms(now)
     edges = [start_ms + hour * 3_600_000 for hour in range(HOURS + 1)]
     every = ctx.every_shard()
-    per_shard = [
-        [("ZCOUNT", s.keys.due, low, f"({high}") for low, high in pairwise(edges)]
-        + [("ZCOUNT", s.keys.due, "-inf", f"({start_ms}"), ("ZCARD", s.keys.inflight)]
-        for s in every
-    ]
-    replies = iter((yield store.Commands([c for commands in per_shard for c in commands])))
-    counts = [0] * HOURS
-    overdue = in_flight = 0
-    sizes: list[int] = []
-    for _ in every:
-        for hour in range(HOURS):
-            counts[hour] += int(next(replies))
-        overdue += int(next(replies))
-        sizes.append(int(next(replies)))
+    per_shard, _ = yield from shards.each_read(
+        ctx,
+        lambda keys: [
+            *(("ZCOUNT", keys.due, low, f"({high}") for low, high in pairwise(edges)),
+            ("ZCOUNT", keys.due, "-inf", f"({start_ms}"),
+            ("ZCARD", keys.inflight),
+        ],
+    )
+    counts = [sum(int(replies[hour]) for replies in per_shard) for hour in range(HOURS)]
+    overdue = sum(int(replies[HOURS]) for replies in per_shard)
+    sizes = [int(replies[HOURS + 1]) for replies in per_shard]
     in_flight = sum(sizes)
     flights: list[Delivery] = []
     if 0 < in_flight <= EXPAND_LIMIT:
