@@ -98,16 +98,13 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
         pending = [s for s, keys in zip(pending, replies, strict=True) if len(keys) >= 1000]
     counts = Batch()
     took = counts.add(tick_increments(time.perf_counter() - started))
-    # The tick is counted once, in shard 0; each shard says whether its counts are whole.
-    ticked = [
-        store.Eval(
-            store.TICKED,
-            [s.keys.beat, s.keys.metrics, s.keys.counts],
-            [to_ms(now), took, counts.fields()] if s.number == 0 else [to_ms(now), "", "[]"],
-        )
-        for s in every
-    ]
-    for shard, counted in zip(every, (yield from shards.each(ticked)), strict=True):
+    # The tick is recorded in shard 0; every other shard says whether its counts are whole.
+    first, *others = every
+    keys = [first.keys.beat, first.keys.metrics, first.keys.counts]
+    whole = [(yield store.Eval(store.TICKED, keys, [to_ms(now), took, counts.fields()]))]
+    if others:
+        whole += yield store.Commands([("HEXISTS", s.keys.counts, "counted") for s in others])
+    for shard, counted in zip(every, whole, strict=True):
         if not int(counted):
             # Data from before the status counts (or a recount asked for): a few pages a tick.
             yield from metrics.recount(shard, now, pages=metrics.RECOUNT_PAGES_PER_TICK)

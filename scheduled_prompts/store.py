@@ -111,8 +111,6 @@ class Scope:
 
     def every_shard(self) -> list[Scope]:
         """Every shard's scope, in shard order (``[self]`` with one shard)."""
-        if self.shards == 1:
-            return [self.shard(0)]
         return [self.shard(n) for n in range(self.shards)]
 
     def durable(self, op: W) -> W:

@@ -517,3 +517,16 @@ def test_a_cluster_no_node_answers_is_store_unavailable() -> None:
         }
     finally:
         sp.configure()
+
+
+def test_tick_recounts_the_shards_whose_counts_are_incomplete(store: str) -> None:
+    prompts = spread()
+    client, ctx = get_redis(), scope()
+    behind = ctx.of_user(prompts[0].user_id)
+    client.delete(behind.keys.counts)  # as if its data were stored before the counts
+    assert sp.get_stats()["total"] == 40
+    assert run(metrics.statuses(ctx), client, [].extend) is None
+    engine.tick(client, ctx, [].extend)
+    assert run(metrics.statuses(ctx), client, [].extend)["scheduled"] == 40  # type: ignore[index]
+    # The tick is recorded once, in shard 0.
+    assert [s.number for s in ctx.every_shard() if client.exists(s.keys.beat)] == [0]
