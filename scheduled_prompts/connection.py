@@ -204,8 +204,10 @@ def _reset() -> None:
 on_reset(_reset)
 
 
-def scope() -> Scope:
-    settings = get_settings()
+def scope(settings: Settings | None = None) -> Scope:
+    """The whole store's scope (shard 0, and the way to the others) for ``settings``
+    (default: the process's)."""
+    settings = settings or get_settings()
     return Scope(Keys(settings.key_prefix), settings)
 
 

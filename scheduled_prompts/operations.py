@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -219,6 +219,12 @@ def _config_checks() -> Plan[list[Check]]:
         if isinstance(reply, Exception):  # managed Redis services often refuse CONFIG
             return [Check("redis config", False, f"CONFIG GET refused ({reply}); check by hand")]
         config |= {store.as_text(k): store.as_text(v) for k, v in reply.items()}
+    return config_checks(config)
+
+
+def config_checks(config: Mapping[str, str]) -> list[Check]:
+    """What a node's ``maxmemory-policy``, ``appendonly`` and ``save`` mean for the
+    prompts it holds (one Redis here; each primary of a cluster in ``topology.py``)."""
     policy = config.get("maxmemory-policy", "?")
     advice = (
         ""

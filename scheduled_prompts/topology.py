@@ -14,11 +14,10 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from .connection import UNREACHABLE, sentinel_link
-from .keys import Keys
-from .operations import Check
+from .connection import UNREACHABLE, scope, sentinel_link
+from .operations import Check, config_checks
 from .settings import SentinelTarget, Settings, sentinel_target
-from .store import Scope, is_cluster
+from .store import is_cluster
 
 
 def checks(settings: Settings, client: redis.Redis, timeout: float) -> list[Check]:
@@ -131,7 +130,7 @@ def _cluster(settings: Settings, client: Any) -> list[Check]:
         primaries = client.get_primaries()
         slots = {
             n: client.get_node_from_key(shard.keys.due).name
-            for n, shard in enumerate(Scope(Keys(settings.key_prefix), settings).every_shard())
+            for n, shard in enumerate(scope(settings).every_shard())
         }
         roles = {p.name: client.info("replication", target_nodes=p) for p in primaries}
         config = {p.name: client.config_get("*", target_nodes=p) for p in primaries}
@@ -163,29 +162,15 @@ def _cluster(settings: Settings, client: Any) -> list[Check]:
             "shards' prompts until it returns; give every primary a replica",
         )
     )
-    policies = {name: _reply(c).get("maxmemory-policy", "?") for name, c in config.items()}
-    evicting = sorted(name for name, policy in policies.items() if policy != "noeviction")
-    found.append(
-        Check(
-            "maxmemory-policy",
-            not evicting,
-            "noeviction on every primary"
-            if not evicting
-            else "Redis may evict prompts on " + ", ".join(
-                f"{name} ({policies[name]})" for name in evicting
-            ) + "; set maxmemory-policy noeviction",
+    judged = {name: config_checks(_reply(c)) for name, c in sorted(config.items())}
+    for at, check in enumerate(next(iter(judged.values()), [])):
+        failing = [(name, checks[at]) for name, checks in judged.items() if not checks[at].ok]
+        detail = (
+            f"every primary: {check.detail}"
+            if not failing
+            else "; ".join(f"{name}: {c.detail}" for name, c in failing)
         )
-    )  # fmt: skip
-    volatile = sorted(name for name, c in config.items() if _reply(c).get("appendonly") != "yes")
-    found.append(
-        Check(
-            "persistence",
-            not volatile,
-            "AOF on every primary"
-            if not volatile
-            else f"AOF off on {', '.join(volatile)}: a crash loses its writes; set appendonly yes",
-        )
-    )
+        found.append(Check(check.name, not failing, detail))
     return found
 
 

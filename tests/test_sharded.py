@@ -441,10 +441,15 @@ def test_doctor_checks_every_primary_and_where_the_shards_live(
     # The suite's cluster has no replicas: doctor says what a lost primary would cost.
     assert not checks["cluster replicas"]["ok"]
     assert "give every primary a replica" in checks["cluster replicas"]["detail"]
-    assert checks["maxmemory-policy"]["ok"]
+    assert checks["maxmemory-policy"] == {
+        "name": "maxmemory-policy",
+        "ok": True,
+        "detail": "every primary: noeviction",
+    }
     assert (
         not checks["persistence"]["ok"]
-        and "AOF off on 127.0.0.1:" in checks["persistence"]["detail"]
+        and "127.0.0.1:" in checks["persistence"]["detail"]
+        and "off: a restart loses every prompt" in checks["persistence"]["detail"]
     )
     assert checks["broker"] == {"name": "broker", "ok": True,
                                 "detail": f"a plain Redis at {redis_server.url}"}  # fmt: skip
