@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from typing import Any
 
 import redis
 
@@ -76,11 +77,7 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         if self.primaries == 1:
-            only = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
-            try:
-                only.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
-            finally:
-                only.close()
+            _ask(self.nodes[0], "CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             self.wait_ready(timeout)
             return self
         create = [
@@ -110,35 +107,32 @@ class RedisCluster:
 
     @staticmethod
     def _info(node: RedisServer) -> dict[str, str]:
-        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
+        """The node's CLUSTER INFO fields, its role and its replication link."""
         try:
-            text = str(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
-            role = client.info("replication")
+            text = str(_ask(node, "CLUSTER", "INFO"))
+            role = _ask(node, "INFO", "replication")
         except redis.RedisError as exc:
             return {"error": str(exc)}
-        finally:
-            client.close()
         info = dict(line.split(":", 1) for line in text.split() if ":" in line)
         info["role"] = str(role.get("role"))
         info["link"] = str(role.get("master_link_status", ""))
         return info
 
+    @staticmethod
+    def _serves_all(info: dict[str, str]) -> bool:
+        return info.get("cluster_state") == "ok" and info.get("cluster_slots_ok") == "16384"
+
     def _node_ready(self, node: RedisServer) -> bool:
         info = self._info(node)
-        if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
-            return False
-        if info.get("cluster_known_nodes") != str(len(self.nodes)):
+        if not self._serves_all(info) or info.get("cluster_known_nodes") != str(len(self.nodes)):
             return False
         if info.get("role") == "slave":
             return info.get("link") == "up"
         # A primary lists its slot ranges with every replica once it knows their roles.
-        client = redis.Redis(port=node.port, socket_timeout=2)
         try:
-            ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            ranges = _ask(node, "CLUSTER", "SLOTS")
         except redis.RedisError:
             return False
-        finally:
-            client.close()
         return all(len(r) == 3 + self.replicas for r in ranges)
 
     def primary_nodes(self) -> list[RedisServer]:
@@ -148,19 +142,11 @@ class RedisCluster:
     def flush(self) -> None:
         """Empty every primary (the replicas follow): ours alone, the tests started it."""
         for node in self.primary_nodes():
-            client = redis.Redis(port=node.port, socket_timeout=5)
-            try:
-                client.flushall()
-            finally:
-                client.close()
+            _ask(node, "FLUSHALL")
         for node in self.nodes:  # a replica answers reads: wait until it is empty too
-            client = redis.Redis(port=node.port, socket_timeout=5)
-            try:
-                deadline = time.monotonic() + 30
-                while client.dbsize() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            finally:
-                client.close()
+            deadline = time.monotonic() + 30
+            while _ask(node, "DBSIZE") and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def owner(self, key: str) -> RedisServer:
         """The node that is the primary of ``key``'s slot now."""
@@ -174,11 +160,7 @@ class RedisCluster:
     def kill9(self, node: RedisServer) -> str:
         """SIGKILL one node (its data directory and ``nodes.conf`` stay); returns its
         cluster node id."""
-        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
-        try:
-            node_id = str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
+        node_id = str(_ask(node, "CLUSTER", "MYID"))
         assert node.process is not None
         node.process.kill()
         node.process.wait()
@@ -197,19 +179,15 @@ class RedisCluster:
             time.sleep(0.1)
 
     def _failed_over(self, node: RedisServer, dead_id: str) -> bool:
-        info = self._info(node)
-        if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+        if not self._serves_all(self._info(node)):
             return False
-        client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=2)
         try:
-            text = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+            text = str(_ask(node, "CLUSTER", "NODES"))
         except redis.RedisError:
             return False
-        finally:
-            client.close()
         line = next((row.split() for row in text.splitlines() if row.startswith(dead_id)), [])
-        # id addr flags master ping pong epoch link [slot ranges...]
-        return len(line) >= 8 and "fail" in line[2].split(",") and len(line) == 8
+        # id addr flags master ping pong epoch link [slot ranges...]: failed, and no slot
+        return len(line) == 8 and "fail" in line[2].split(",")
 
     def cleanup(self) -> None:
         for node in self.nodes:
@@ -220,6 +198,15 @@ class RedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def _ask(node: RedisServer, *command: str | int) -> Any:
+    """One command to one node, on a connection of its own (replies decoded)."""
+    client = redis.Redis(port=node.port, decode_responses=True, socket_timeout=5)
+    try:
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
 
 
 __all__ = ["RedisCluster", "cluster_port"]
