@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import hiredis
 import redis
 
 from scheduled_prompts import api, ids, store, validation, verbs
@@ -115,7 +116,8 @@ def _create_ops(b: Bench, built: list[ScheduledPrompt]) -> list[store.Eval]:
 
 
 def _redis_tasks(b: Bench, ops: list[store.Eval], conn: Any, extra: dict[str, Any]) -> list[Task]:
-    """Packing (redis-py's and the what-ifs), the raw round trip, Stream.run."""
+    """Packing (hiredis's, as Stream packs, and the what-ifs), the raw round trip,
+    Stream.run."""
     # Exactly what store.Stream.run sends: SCRIPT LOAD, then one EVALSHA per batch.
     commands: list[tuple[Any, ...]] = [("SCRIPT LOAD", store.CREATE.source)]
     commands += [("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args) for op in ops]
@@ -143,19 +145,13 @@ def _redis_tasks(b: Bench, ops: list[store.Eval], conn: Any, extra: dict[str, An
             raise RuntimeError(f"the raw round trip was refused: {replies[1]!r}")
         b.check()
 
-    tasks = [
-        Task("pack", lambda: conn.pack_commands(commands)),
+    return [
+        Task("pack", lambda: [hiredis.pack_command(c) for c in commands]),
+        Task("pack_redis_py", lambda: conn.pack_commands(commands)),
         Task("pack_linear", lambda: [_linear_pack(c) for c in commands]),
         Task("trip", trip, before_trip, after_trip),
         Task("stream", lambda: store.Stream(iter(ops)).run(b.client), b.flush, b.check),
     ]
-    try:
-        import hiredis  # type: ignore[import-not-found]  # noqa: PLC0415
-
-        tasks.append(Task("pack_hiredis", lambda: [hiredis.pack_command(c) for c in commands]))
-    except ImportError:
-        pass
-    return tasks
 
 
 @dataclass
@@ -201,7 +197,7 @@ def time_phases(server: RedisServer, n: int, times: int) -> Phases:
         ("   1e. rest: glue, and 1a-1d dearer interleaved than alone", valid - parts),
         ("2. ScheduledPrompt.to_json", s["to_json"]),
         ("3. create_op arg building (excl. to_json)", create_ops - s["to_json"]),
-        ("4. redis-py Connection.pack_commands", s["pack"]),
+        ("4. command packing (hiredis.pack_command, as store.Stream packs)", s["pack"]),
         ("5. Redis round trip: send, Redis work, read replies", s["trip"]),
         ("   5a. redis-server CPU (INFO cpu)", min(extra["server_cpu_s"])),
         ("   5b. of which EVALSHA execution (commandstats)", min(extra["evalsha_s"])),
@@ -213,7 +209,7 @@ def time_phases(server: RedisServer, n: int, times: int) -> Phases:
             "validation_gc_on": s["validate_gc_on"],
             "end_to_end_gc_disabled": s["total_no_gc"],
             "pack_linear_python": s["pack_linear"],
-            "pack_hiredis": s.get("pack_hiredis"),
+            "pack_redis_py": s["pack_redis_py"],
             "evalsha_calls": len(ops),
             "records_per_evalsha": verbs.BATCH,
             "store_stream_run": stream,
@@ -257,10 +253,7 @@ def print_phases(phases: Phases, times: int) -> None:
     rows.append(line("what-if: validation with the cyclic GC running", extra["validation_gc_on"]))
     rows.append(line("what-if: end-to-end with gc disabled", extra["end_to_end_gc_disabled"]))
     rows.append(line("what-if: pack with a linear pure-Python packer", extra["pack_linear_python"]))
-    if extra["pack_hiredis"] is None:
-        rows.append(["what-if: pack with hiredis.pack_command", "hiredis not installed", "", ""])
-    else:
-        rows.append(line("what-if: pack with hiredis.pack_command", extra["pack_hiredis"]))
+    rows.append(line("what-if: pack with redis-py's pack_commands", extra["pack_redis_py"]))
     rows.append(line(f"budget at {MANY_PROMISE:,}/s", n / MANY_PROMISE))
     title = (
         f"Phases of schedule_many({n:,}) timed one by one (best of {times} interleaved "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hiredis
 from redbeat.schedulers import RedBeatSchedulerEntry
 from redbeat.schedulers import get_redis as redbeat_redis
 from redbeat.schedules import rrule
@@ -44,6 +45,12 @@ DISTINCT_ZONES = (
     "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney",
     "Australia/Lord_Howe", "Pacific/Auckland",
 )  # fmt: skip
+
+
+#: Members (or strings) per raw command of the floor: as ``schedule_many``'s batches.
+FLOOR_CHUNK = 1_000
+#: The floor ratio the issue asks of ``schedule_many``.
+FLOOR_PROMISE = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,76 @@ def distinct_cron_specs(n: int) -> list[dict[str, Any]]:
             "start_at": start_at,
         })  # fmt: skip
     return specs
+
+
+def stored_commands(client: Any, chunk: int = 1_000) -> list[tuple[Any, ...]]:
+    """The server's whole contents as raw write commands, built untimed: ``MSET`` for the
+    strings and variadic ``ZADD`` / ``HSET`` for the sorted sets and hashes,
+    :data:`FLOOR_CHUNK` entries a command (the fewest, cheapest commands that store the
+    same bytes: the floor any writer of these records pays)."""
+    strings: list[bytes] = []
+    commands: list[tuple[Any, ...]] = []
+    for key in sorted(client.scan_iter(count=10_000)):
+        kind = client.type(key)
+        if kind == b"string":
+            strings.append(key)
+        elif kind == b"zset":
+            entries = client.zrange(key, 0, -1, withscores=True)
+            for i in range(0, len(entries), chunk):
+                flat = [x for member, score in entries[i : i + chunk] for x in (score, member)]
+                commands.append(("ZADD", key, *flat))
+        elif kind == b"hash":
+            fields = list(client.hgetall(key).items())
+            for i in range(0, len(fields), chunk):
+                flat = [x for pair in fields[i : i + chunk] for x in pair]
+                commands.append(("HSET", key, *flat))
+        else:
+            raise RuntimeError(f"floor: no raw write for {key!r} of type {kind!r}")
+    for i in range(0, len(strings), FLOOR_CHUNK):
+        keys = strings[i : i + FLOOR_CHUNK]
+        pairs = [x for pair in zip(keys, client.mget(keys), strict=True) for x in pair]
+        if chunk == 1:
+            commands += [("SET", pairs[j], pairs[j + 1]) for j in range(0, len(pairs), 2)]
+        else:
+            commands.append(("MSET", *pairs))
+    return commands
+
+
+def write_raw(client: Any, commands: list[tuple[Any, ...]]) -> None:
+    """``commands`` on one connection, packed by hiredis and sent :data:`FLOOR_CHUNK` to a
+    ``sendall``, replies read after the last (no per-command round trip or packing
+    overhead beyond the protocol's)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        for i in range(0, len(commands), FLOOR_CHUNK):
+            packed = b"".join(hiredis.pack_command(c) for c in commands[i : i + FLOOR_CHUNK])
+            conn.send_packed_command([packed], check_health=False)
+        for _ in commands:
+            conn.read_response()
+    finally:
+        pool.release(conn)
+
+
+def write_pipeline(client: Any, commands: list[tuple[Any, ...]]) -> None:
+    """``commands`` through redis-py's own pipeline (no transaction), executed every
+    :data:`FLOOR_CHUNK` commands: what a Python writer of these records pays at least."""
+    for i in range(0, len(commands), FLOOR_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for command in commands[i : i + FLOOR_CHUNK]:
+            pipe.execute_command(*command)
+        pipe.execute()
+
+
+#: The floor the ratio is stated against: every stored entry written by its own plain
+#: command, packed by hiredis, pipelined (docs/decisions.md, "The scheduling floor").
+FLOOR = "same keys and values, hiredis-packed, one SET / ZADD / HSET per entry"
+#: The floors measured: (entries per command, writer, row label).
+FLOORS = (
+    (1, write_raw, FLOOR),
+    (FLOOR_CHUNK, write_raw, "same keys and values, hiredis-packed MSET / variadic ZADD, HSET"),
+    (1, write_pipeline, "same keys and values, redis-py pipeline, one SET / ZADD / HSET per entry"),
+)
 
 
 @dataclass
@@ -218,6 +295,20 @@ def ours_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
         fresh(once_specs, sizes.many), api.schedule_many, stored, sizes.many, runs=runs
     )
     rows.append(Row("ours", "schedule_many, one-time", sizes.many, seconds, MANY_PROMISE))
+    # The floor: what the last run stored, written again with raw pipelined commands.
+    for chunk, writer, operation in FLOORS:
+        commands = stored_commands(flusher, chunk)
+        progress(f"floor: the same {sizes.many:,} records' bytes, {len(commands):,} commands")
+
+        def empty(commands: list[tuple[Any, ...]] = commands) -> list[tuple[Any, ...]]:
+            flusher.flushall()
+            return commands
+
+        def write(c: list[tuple[Any, ...]], writer: Any = writer) -> None:
+            writer(flusher, c)
+
+        seconds = measure(empty, write, stored, sizes.many, runs=runs)
+        rows.append(Row("floor", operation, sizes.many, seconds))
     progress(f"ours: schedule_many of {sizes.cron:,} cron prompts, {runs} runs")
     seconds = measure(
         fresh(cron_specs, sizes.cron), api.schedule_many, stored, sizes.cron, runs=runs
@@ -313,6 +404,13 @@ def redbeat_rows(server: RedisServer, sizes: Sizes, runs: int) -> list[Row]:
     return rows
 
 
+def floor_ratio(rows: list[Row]) -> float:
+    """Ours ``schedule_many`` (one-time) median rate over the floor's, from one run."""
+    many = next(r for r in rows if r.operation == "schedule_many, one-time")
+    floor = next(r for r in rows if r.operation == FLOOR)
+    return median(many.rates) / median(floor.rates)
+
+
 def run(sizes: Sizes, runs: int, quick: bool) -> int:
     """The rows, printed as one table and written to ``bench/results/throughput.json``."""
     with redis_server() as server:
@@ -324,6 +422,12 @@ def run(sizes: Sizes, runs: int, quick: bool) -> int:
             scheduled_prompts.configure()
     title = f"Scheduling throughput (median of {runs} runs, 200-char prompts, 1,000 users)"
     print(table(title, HEADERS, [r.cells() for r in rows]))
+    ratio = floor_ratio(rows)
+    verdict = "met" if ratio >= FLOOR_PROMISE else "MISSED"
+    print(
+        f"\n- schedule_many, one-time / floor (same run, medians): {ratio:.2f} "
+        f"(issue 18: >= {FLOOR_PROMISE}: {verdict})"
+    )
     path = write_results(
         "throughput-quick" if quick else "throughput",
         {
@@ -336,6 +440,7 @@ def run(sizes: Sizes, runs: int, quick: bool) -> int:
             "users": USERS,
             "machine": info,
             "rows": [r.as_dict() for r in rows],
+            "floor_ratio": ratio,
         },
     )
     progress(f"wrote {path}")

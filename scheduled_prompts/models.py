@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from ._time import EPOCH, ONE_MS, from_iso, from_ms, to_iso
 from .schedules import jitter_offset
@@ -221,27 +222,22 @@ class ScheduledPrompt:
         counters, empty metadata, UTC, version 1) are left out — a record is stored once
         per prompt, so every byte counts a million times.
         """
-        # Written out field by field (what _COMPACT.encode of the dict would give, without
-        # building the dict): this runs for every record stored.
-        parts = [_SCHEMA_PART]
+        out: dict[str, Any] = {"schema": SCHEMA_VERSION}
         fields = self.__dict__
-        for name, kind, default, head in _STORED:
+        for name, kind, default in _STORED:
             value = fields[name]
             if value is None:
                 continue
             if kind is _INSTANT:
-                parts.append(head + str((value - EPOCH) // ONE_MS))
+                out[name] = (value - EPOCH) // ONE_MS
             elif kind is _ENUM:
-                parts.append(head + _string(value.value))
-            elif default is not _NO_DEFAULT and value == default:
-                continue
-            elif value.__class__ is str:
-                parts.append(head + _string(value))
-            elif value.__class__ is int:
-                parts.append(head + int.__repr__(value))
-            else:
-                parts.append(head + _COMPACT.encode(value))
-        return "{" + ",".join(parts) + "}"
+                out[name] = value.value
+            elif default is _NO_DEFAULT or value != default:
+                out[name] = value
+        try:
+            return orjson.dumps(out).decode()
+        except TypeError:  # metadata orjson cannot write (an int beyond 64 bits)
+            return _COMPACT.encode(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduledPrompt:
@@ -267,7 +263,7 @@ class ScheduledPrompt:
     @classmethod
     def from_json(cls, text: str | bytes) -> ScheduledPrompt:
         try:
-            data = json.loads(text)
+            data = _loads(text)
             if not isinstance(data, dict):
                 raise RecordError("record is not a JSON object")
             return cls.from_dict(data)
@@ -278,8 +274,17 @@ class ScheduledPrompt:
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-#: A str as a JSON string, exactly as _COMPACT writes one (ensure_ascii=False).
-_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _loads(text: str | bytes) -> Any:
+    """JSON ``text`` read by orjson, or by the stdlib for what orjson refuses to read
+    (integers beyond 64 bits in metadata) so that every record written can be read."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))
 _FIELD_NAMES = frozenset(_FIELD_ORDER)
 _PLAIN, _INSTANT, _ENUM = "plain", "instant", "enum"
@@ -290,11 +295,9 @@ _STORED = tuple(
         name,
         _INSTANT if name in DATETIME_FIELDS else _ENUM if name in ("kind", "status") else _PLAIN,
         _DEFAULTS.get(name, _NO_DEFAULT),
-        _string(name) + ":",
     )
     for name in _FIELD_ORDER
 )
-_SCHEMA_PART = f'"schema":{SCHEMA_VERSION}'
 _REQUIRED = frozenset(
     f.name
     for f in dataclasses.fields(ScheduledPrompt)
