@@ -31,7 +31,9 @@ def from_ms(ms: int) -> datetime:
 
 def to_iso(value: datetime) -> str:
     """ISO-8601 in UTC with a ``Z`` suffix and milliseconds, e.g. ``2026-03-08T07:00:00.000Z``."""
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # every stored instant is UTC already: skip the conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def from_iso(text: str) -> datetime:

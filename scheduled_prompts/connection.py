@@ -22,12 +22,15 @@ from __future__ import annotations
 import threading
 from typing import Any, cast
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from redis._parsers import Encoder
+from redis.connection import PythonRespSerializer
 
 from .errors import StoreUnavailable
 from .keys import Keys
@@ -67,6 +70,36 @@ UNREACHABLE: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
+
+
+class CommandPacker:
+    """How the store's connections pack a command: in one call to hiredis.
+
+    redis-py's own packer looks at and encodes every argument in Python before hiredis
+    packs them, which costs more than the packing itself for the script calls of a batch
+    (a commit of 200 deliveries carries some 3,000 arguments). What hiredis does not take
+    (None, booleans, bytearrays) goes to redis-py's pure-Python packer, which encodes or
+    refuses it as redis-py always does.
+    """
+
+    def __init__(self) -> None:
+        encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+        self._fallback = PythonRespSerializer(6000, encoder.encode)
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if (isinstance(name, str) and " " in name) or (isinstance(name, bytes) and b" " in name):
+            args = (*name.split(), *args[1:])  # "SCRIPT LOAD" is two words on the wire
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            packed: list[bytes] = self._fallback.pack(*args)  # type: ignore[no-untyped-call]
+            return packed
+
+
+#: The packer of the synchronous clients to one Redis (plain or Sentinel); the cluster
+#: client and the asyncio ones take no packer of their own.
+PACKER = CommandPacker()
 
 
 def client_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
@@ -147,12 +180,12 @@ def new_redis(settings: Settings, *, timeout: float | None = None) -> redis.Redi
             return cast(redis.Redis, client)
         target = sentinel_target(settings.redis_url)
         if target is None:
-            return redis.Redis.from_url(settings.redis_url, **kwargs)
+            return redis.Redis.from_url(settings.redis_url, command_packer=PACKER, **kwargs)
     except ValueError as exc:
         raise StoreUnavailable(mask_url(settings.redis_url), str(exc)) from None
     except STORE_ERRORS as exc:  # a cluster client asks its nodes for the slots
         raise unavailable(exc, settings) from exc
-    watch, node = _sentinel_kwargs(settings, target, kwargs)
+    watch, node = _sentinel_kwargs(settings, target, dict(kwargs, command_packer=PACKER))
     manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=watch, **node)
     primary: redis.Redis = manager.master_for(target.service, redis_class=_SentinelRedis)
     return primary

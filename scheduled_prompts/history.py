@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import shards, store
 from ._time import from_ms
 
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 FAILURES = ("failed", "retried")
 #: Entries read per round trip when looking for one prompt's steps.
 _PAGE = 500
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ def encode(step: Observation) -> tuple[str, str]:
         data["error"] = step.error
     if step.skipped:
         data["skipped"] = step.skipped
-    return _COMPACT.encode(data), "1" if step.outcome in FAILURES else ""
+    try:
+        text = orjson.dumps(data).decode()
+    except TypeError:  # an error text with an unpaired surrogate: written escaped
+        text = json.dumps(data, separators=(",", ":"))
+    return text, "1" if step.outcome in FAILURES else ""
 
 
 def decode(stream_id: str | bytes, fields: Mapping[str, str]) -> Entry | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ._time import EPOCH, ONE_MS, from_iso, from_ms, to_iso
+from ._time import EPOCH, ONE_MS, from_iso, to_iso
 from .schedules import jitter_offset
 
 #: Version of the stored JSON layout written; a record of another version than
@@ -248,13 +248,18 @@ class ScheduledPrompt:
                 f"record schema version {version!r} is not supported (this version of "
                 f"scheduled-prompts reads {', '.join(map(str, READABLE_SCHEMAS))})"
             )
-        values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
-        for name in DATETIME_FIELDS:
-            value = values.get(name)
-            if isinstance(value, str):
-                values[name] = from_iso(value)
-            elif isinstance(value, int) and not isinstance(value, bool):
-                values[name] = from_ms(value)
+        values = {}
+        for name, raw in data.items():
+            if name in _INSTANT_NAMES:
+                if raw.__class__ is int:
+                    values[name] = EPOCH + raw * ONE_MS
+                    continue
+                if isinstance(raw, str):
+                    values[name] = from_iso(raw)
+                    continue
+            elif name not in _FIELD_NAMES:
+                continue
+            values[name] = raw
         missing = _REQUIRED - values.keys()
         if missing:
             raise RecordError(f"unreadable record: no {', '.join(sorted(missing))}")
@@ -287,6 +292,7 @@ def _loads(text: str | bytes) -> Any:
 
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))
 _FIELD_NAMES = frozenset(_FIELD_ORDER)
+_INSTANT_NAMES = frozenset(DATETIME_FIELDS)
 _PLAIN, _INSTANT, _ENUM = "plain", "instant", "enum"
 _NO_DEFAULT = object()  # equal to nothing stored: the field is always written
 #: (name, how it is stored, the default that is left out) per field, in stored order.

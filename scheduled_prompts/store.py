@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import hiredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -1098,11 +1097,7 @@ class Stream(Op):
                     conn.send_command("SCRIPT", "LOAD", op.script.source)
                     loaded.add(op.script.sha)
                     wanted.append(False)
-                # Packed by hiredis at once: redis-py's packer looks at every argument in
-                # Python first, which costs more than the packing for thousands of them.
-                call = ("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
-                packed = hiredis.pack_command(cast(Any, call))  # its stub types a 1-tuple
-                conn.send_packed_command([packed], check_health=False)
+                conn.send_command("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
                 wanted.append(True)
             wait = self.wait if wanted else None  # nothing written: nothing to wait for
             if wait is not None:

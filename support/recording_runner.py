@@ -15,9 +15,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 
 def _append(event: str, payload: dict[str, Any]) -> None:
-    line = json.dumps(
+    line = orjson.dumps(
         {
             "event": event,
             "key": payload["idempotency_key"],
@@ -32,7 +34,7 @@ def _append(event: str, payload: dict[str, Any]) -> None:
     # One write of a short line with O_APPEND: lines from several processes never mix.
     fd = os.open(os.environ["SP_TEST_RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, (line + "\n").encode())
+        os.write(fd, line + b"\n")
     finally:
         os.close(fd)
 
