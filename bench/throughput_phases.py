@@ -12,7 +12,7 @@ from typing import Any
 import hiredis
 import redis
 
-from scheduled_prompts import api, ids, store, validation, verbs
+from scheduled_prompts import api, ids, store, validation
 from scheduled_prompts._time import utcnow
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.models import ScheduledPrompt, make_record
@@ -109,7 +109,7 @@ def _validation_tasks(b: Bench, built: list[ScheduledPrompt]) -> list[Task]:
 
 def _create_ops(b: Bench, built: list[ScheduledPrompt]) -> list[store.Eval]:
     """The CREATE script calls ``schedule_many`` streams, one per batch."""
-    batch = verbs.BATCH
+    batch = store.WRITE_LOT
     return [
         store.create_op(b.ctx.keys, built[i : i + batch], None) for i in range(0, len(built), batch)
     ]
@@ -211,7 +211,7 @@ def time_phases(server: RedisServer, n: int, times: int) -> Phases:
             "pack_linear_python": s["pack_linear"],
             "pack_redis_py": s["pack_redis_py"],
             "evalsha_calls": len(ops),
-            "records_per_evalsha": verbs.BATCH,
+            "records_per_evalsha": store.WRITE_LOT,
             "store_stream_run": stream,
             "all_seconds": {t.name: t.seconds for t in tasks},
         }

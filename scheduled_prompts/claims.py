@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 
@@ -92,11 +93,16 @@ class Claims:
             keys.prefix + ":",
         ]
         held = slots if slots is not None else [None] * len(deliveries)
-        for d, slot in zip(deliveries, held, strict=True):
-            script_keys += [keys.prompt(d.prompt_id), keys.lease(d.lease_name), keys.done(d.key)]
-            expected = str(d.occurrence_ms) if d.scheduled else ""
-            args += [expected, d.key, "" if slot is None else slot]
-        rows = self.ctx.durable(store.Eval(store.CLAIM, script_keys, args)).run(self.client)
+        ops = []
+        for lot in range(0, len(deliveries), store.LOT):
+            lot_keys, lot_args = list(script_keys), list(args)
+            end = lot + store.LOT
+            for d, slot in zip(deliveries[lot:end], held[lot:end], strict=True):
+                expected = str(d.occurrence_ms) if d.scheduled else ""
+                lot_keys += [keys.prompt(d.prompt_id), keys.lease(d.lease_name), keys.done(d.key)]
+                lot_args += [expected, d.key, "" if slot is None else slot]
+            ops.append(store.Eval(store.CLAIM, lot_keys, lot_args))
+        rows = [row for reply in self._run(ops) for row in reply]
         self._renewed = time.monotonic()
         out: list[Result | Claimed] = []
         for i, d in enumerate(deliveries):
@@ -246,10 +252,7 @@ class Claims:
                 rkeys = [keys.prompt(changes[i][0].delivery.prompt_id) for i in stale]
                 for i, value in zip(stale, self.client.mget(rkeys), strict=True):
                     raws[i] = None if value is None else store.as_text(value)
-            script_keys = self._commit_keys()
-            args: list[str | int | float] = [*self._log_lengths]
-            sent: list[tuple[int, ScheduledPrompt]] = []
-            batch = Batch()
+            sent: list[tuple[int, ScheduledPrompt, ScheduledPrompt, str]] = []
             for i in todo:
                 claimed, change = changes[i]
                 d = claimed.delivery
@@ -263,16 +266,24 @@ class Claims:
                     self.release(d, None, drop=True)
                     settled.add(i)
                     continue
-                new = change(record)
-                self._outcome(
-                    script_keys, args, batch, d, record=record, raw=raw, new=new, step=metrics[i]
-                )
-                sent.append((i, new))
+                sent.append((i, record, change(record), raw))
             if not sent:
                 return
-            args.append(batch.fields())
-            replies = self.ctx.durable(store.Eval(store.COMMIT, script_keys, args)).run(self.client)
-            for (i, new), reply in zip(sent, replies, strict=True):
+            ops = []
+            for lot in range(0, len(sent), store.LOT):
+                script_keys = self._commit_keys()
+                args: list[str | int | float] = [*self._log_lengths]
+                batch = Batch()
+                for i, record, new, raw in sent[lot : lot + store.LOT]:
+                    d = changes[i][0].delivery
+                    self._outcome(
+                        script_keys, args, batch, d, record=record, raw=raw, new=new,
+                        step=metrics[i],
+                    )  # fmt: skip
+                args.append(batch.fields())
+                ops.append(store.Eval(store.COMMIT, script_keys, args))
+            replies = [reply for lot_replies in self._run(ops) for reply in lot_replies]
+            for (i, _, new, _), reply in zip(sent, replies, strict=True):
                 if store.as_text(reply) == "ok":
                     results[i] = new
                     settled.add(i)
@@ -313,6 +324,13 @@ class Claims:
         self._held.pop(d.key, None)
         self._held[run.key] = started
         return started
+
+    def _run(self, ops: list[store.Eval]) -> list[Any]:
+        """Each call's reply: one call alone, several in one round trip (each made
+        durable as the settings ask)."""
+        if len(ops) == 1:
+            return [self.ctx.durable(ops[0]).run(self.client)]
+        return self.ctx.durable(store.Pipeline(ops)).run(self.client)
 
     def _commit_keys(self) -> list[str]:
         """COMMIT's keys before the per-outcome ones."""

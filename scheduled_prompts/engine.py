@@ -75,14 +75,16 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     every = ctx.every_shard()
     promoted = redriven = 0
     pending = every
-    while pending:  # a shard with 1,000 taken may have more within the horizon
-        replies = yield from shards.each([promote_op(s, now, limit=1000) for s in pending])
+    while pending:  # a shard with a whole lot taken may have more within the horizon
+        lot = store.WRITE_LOT
+        replies = yield from shards.each([promote_op(s, now, limit=lot) for s in pending])
         batch = [d for s, rows in zip(pending, replies, strict=True)
                  for d in parse_promoted(rows, s.number)]  # fmt: skip
         if batch:
             yield Enqueue(batch)
         promoted += len(batch)
-        pending = [s for s, rows in zip(pending, replies, strict=True) if int(rows[0]) >= 1000]
+        taken = [int(rows[0]) for rows in replies]
+        pending = [s for s, n in zip(pending, taken, strict=True) if n >= lot]
     deadline = to_ms(now) + redrive_delay(ctx)
     pending = every
     while pending:

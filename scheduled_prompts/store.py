@@ -71,7 +71,7 @@ class NotReplicated(RedisConnectionError):
         )
 
 
-W = TypeVar("W", "Eval", "Stream")
+W = TypeVar("W", "Eval", "Stream", "Pipeline")
 
 #: Scripts a waiting call has run in this process: the next goes without SCRIPT LOAD (a
 #: new primary after a failover answers NOSCRIPT once, and the call is sent again).
@@ -120,6 +120,17 @@ class Scope:
         if not replicas:
             return op
         return dataclasses.replace(op, wait=Wait(replicas, self.settings.min_replicas_timeout_ms))
+
+
+#: Most occurrences one CLAIM or COMMIT call takes; a larger batch is split into calls
+#: sent in one round trip. Each occurrence costs Redis some 20-50 µs in these scripts, and
+#: a script blocks every other client of the server while it runs: a lot of 50 keeps a
+#: call to a few milliseconds (docs/decisions.md, "Short script calls").
+LOT = 50
+#: Most records one CREATE call writes (about 10 µs of Redis each), and most occurrences
+#: one PROMOTE call moves, for the same reason (a tick's lot of 200 is then one
+#: ``deliver_batch`` task at the default batch size).
+WRITE_LOT = 200
 
 
 @dataclass(frozen=True)

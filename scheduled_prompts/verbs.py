@@ -28,9 +28,6 @@ from .validation import ScheduleRequest, apply_update, build_from_spec, same_req
 
 log = logging.getLogger("scheduled_prompts.verbs")
 
-#: Records written per script call by ``schedule_many`` (one pipelined round trip).
-BATCH = 1_000
-
 
 @dataclass(frozen=True)
 class PromptPage:
@@ -73,8 +70,8 @@ def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -
     published = 0
     for home, group in by_shard(ctx, due).values():
         ids = [r.id for r in group]
-        for i in range(0, len(ids), BATCH):
-            rows = yield promote_op(home, now, ids[i : i + BATCH])
+        for i in range(0, len(ids), store.WRITE_LOT):
+            rows = yield promote_op(home, now, ids[i : i + store.WRITE_LOT])
             deliveries = parse_promoted(rows, home.number)
             if deliveries:
                 published += yield Enqueue(deliveries)
@@ -183,9 +180,9 @@ def create_many(
                     raise QuotaExceeded(user, quota)
     if to_write:
         batches = [
-            (home, group[i : i + BATCH])
+            (home, group[i : i + store.WRITE_LOT])
             for home, group in groups.values()
-            for i in range(0, len(group), BATCH)
+            for i in range(0, len(group), store.WRITE_LOT)
         ]
         # Each batch is serialised while Redis writes the one before.
         results = yield ctx.durable(
@@ -202,7 +199,7 @@ def create_many(
             )
             raise ConflictingPrompt(
                 f"schedule_many raced another writer: {detail}; {written} of "
-                f"{len(to_write)} prompts were written (batches of {BATCH})"
+                f"{len(to_write)} prompts were written (batches of {store.WRITE_LOT})"
             )
         yield from promote_now(ctx, to_write, now)
     return out
