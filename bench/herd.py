@@ -226,9 +226,10 @@ def run_ours(sizes: Sizes) -> HerdRun:
             wait_for_count(tail, sizes.herd, deadline=t.timestamp() + 600)
             time.sleep(2 * TICK)  # a tick or two after the herd: their runtimes too
             probe.stop()
-            run.slow = slow_calls(client)
+            # LATENCY first: reading a long slow log is itself a long command.
             events = client.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
             run.latency_events = [list(e) for e in events]
+            run.slow = slow_calls(client)
         run.probe_ms = [1000 * r for r in probe.rtts]
         run.redis_used_memory = int(client.info("memory")["used_memory"])
         calls = c.calls("start")

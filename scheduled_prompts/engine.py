@@ -76,7 +76,7 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     promoted = redriven = 0
     pending = every
     while pending:  # a shard with a whole lot taken may have more within the horizon
-        lot = store.WRITE_LOT
+        lot = store.PROMOTE_LOT
         replies = yield from shards.each([promote_op(s, now, limit=lot) for s in pending])
         batch = [d for s, rows in zip(pending, replies, strict=True)
                  for d in parse_promoted(rows, s.number)]  # fmt: skip
@@ -275,7 +275,7 @@ def _run_held(
             log.warning("lease of %s ran out before its delivery", claimed.delivery.key)
             results[i] = Result(Outcome.SKIPPED, error="lease ran out before the delivery")
             continue
-        now = fixed_now or utcnow()
+        now = fixed_now or _when_due(claimed.delivery, claims.ctx)
         started = time.monotonic()
         step = _run_one(
             claims,
@@ -294,6 +294,19 @@ def _run_held(
             oldest = time.monotonic()
         pending.append((i, *step))
     _commit(claims, pending, results)
+
+
+def _when_due(delivery: Delivery, ctx: Scope) -> datetime:
+    """Now, once ``delivery`` is due: a batch is sent for its earliest occurrence, and
+    the others (due within the batch window after it) are held until their own time, so
+    none is called early and none waits for the latest of its batch. Never holds longer
+    than the window (an occurrence sent early by more is a clock apart: called at once)."""
+    now = utcnow()
+    early = (delivery.occurrence_ms - to_ms(now)) / 1000
+    if 0 < early <= ctx.settings.deliver_batch_window_ms / 1000:
+        time.sleep(early)
+        now = utcnow()
+    return now
 
 
 def _commit(

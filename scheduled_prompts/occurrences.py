@@ -135,7 +135,8 @@ def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[l
 
     Sorted by due time, a group takes occurrences while they are due within
     ``window_ms`` of its first and it holds fewer than ``size``. A group is sent for its
-    latest occurrence, so none fires early and none later than ``window_ms``. Triggers
+    earliest occurrence, and the worker holds each of the others until its own time
+    (``engine._when_due``): none fires early, none waits for the latest. Triggers
     (one extra delivery, sent as it is asked for), detached runs and ``size`` 1 give one
     group each; a group holds one shard's occurrences.
     """

@@ -127,10 +127,12 @@ class Scope:
 #: a script blocks every other client of the server while it runs: a lot of 50 keeps a
 #: call to a few milliseconds (docs/decisions.md, "Short script calls").
 LOT = 50
-#: Most records one CREATE call writes (about 10 µs of Redis each), and most occurrences
-#: one PROMOTE call moves, for the same reason (a tick's lot of 200 is then one
-#: ``deliver_batch`` task at the default batch size).
-WRITE_LOT = 200
+#: Most records one CREATE call writes: some 10-40 µs of Redis each (more as the indexes
+#: grow to millions), so a call stays within a few milliseconds.
+WRITE_LOT = 100
+#: Most occurrences one PROMOTE call moves to in-flight (some 8 µs each); a tick's lot is
+#: then one ``deliver_batch`` task at the default batch size.
+PROMOTE_LOT = 200
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,8 @@ def publish(deliveries: Sequence[Delivery]) -> None:
     groups = batches(deliveries, settings.deliver_batch_size, settings.deliver_batch_window_ms)
     with app.producer_or_acquire() as producer:
         for group in groups:
-            last = group[-1]
-            eta = last.eta if last.eta > now else None
+            first, last = group[0], group[-1]
+            eta = first.eta if first.eta > now else None
             if len(group) == 1:
                 deliver.apply_async(
                     args=(last.prompt_id, last.occurrence_ms),

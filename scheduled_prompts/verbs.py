@@ -70,8 +70,8 @@ def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -
     published = 0
     for home, group in by_shard(ctx, due).values():
         ids = [r.id for r in group]
-        for i in range(0, len(ids), store.WRITE_LOT):
-            rows = yield promote_op(home, now, ids[i : i + store.WRITE_LOT])
+        for i in range(0, len(ids), store.PROMOTE_LOT):
+            rows = yield promote_op(home, now, ids[i : i + store.PROMOTE_LOT])
             deliveries = parse_promoted(rows, home.number)
             if deliveries:
                 published += yield Enqueue(deliveries)

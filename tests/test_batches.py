@@ -150,10 +150,9 @@ def test_batches_keep_every_occurrence_once_within_bounds(
     assert sorted(flat, key=lambda d: d.prompt_id) == sorted(ds, key=lambda d: d.prompt_id)
     for g in groups:
         assert len(g) <= size
-        # Sent at its last member's time: no member is early, none more than window late.
-        assert all(
-            g[-1].occurrence_ms - window <= d.occurrence_ms <= g[-1].occurrence_ms for d in g
-        )
+        # Sent at its first member's time, the others held until theirs: none is due
+        # more than the window after the first.
+        assert all(g[0].occurrence_ms <= d.occurrence_ms <= g[0].occurrence_ms + window for d in g)
 
 
 # --- deliver_many -------------------------------------------------------------------------
@@ -183,6 +182,77 @@ def test_batch_of_fifty_costs_one_claim_and_one_commit(
     assert client.zcard(K.inflight) == 0 and client.zcard(K.due) == 0
     again = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
     assert {r.outcome for r in again} == {Outcome.SKIPPED} and len(runner.calls) == 50
+
+
+def test_a_batch_of_120_claims_and_commits_in_lots_of_50(
+    redis_url: str, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A script call blocks every other client of Redis while it runs: a batch's claim and
+    # commit go as calls of at most store.LOT occurrences, sent together.
+    monkeypatch.setattr(engine, "COMMIT_EVERY", 60.0)
+    runner = use_runner(Recorder())
+    t = later()
+    ps = due_at(t, 120)
+    client = get_redis()
+    for script in (store.CLAIM, store.COMMIT):
+        client.script_load(script.source)
+    before = evalsha_calls(client)
+    results = engine.deliver_many(client, scope(), [of(p) for p in ps], now=t)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 120
+    assert evalsha_calls(client) - before == 2 * 3  # CLAIM and COMMIT: 50 + 50 + 20
+    assert len(runner.calls) == 120 and client.zcard(K.inflight) == 0
+    assert all(sp.get_prompt(p.id).status is sp.Status.EXECUTED for p in ps)  # type: ignore[union-attr]
+
+
+class HeldClock:
+    """The engine's clock: ``utcnow`` and a ``sleep`` that moves it (no real waiting)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def utcnow(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+def test_a_batch_holds_each_occurrence_until_its_own_time_not_the_latest(
+    redis_url: str, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch is sent for its earliest occurrence; one due 15 ms later is held until then.
+    t = later()
+    first, second = due_at(t, 1)[0], due_at(t + timedelta(milliseconds=15), 1)[0]
+    clock = HeldClock(t)
+    monkeypatch.setattr(engine, "utcnow", clock.utcnow)
+    monkeypatch.setattr(engine, "time", type("T", (), {
+        "sleep": staticmethod(clock.sleep), "monotonic": staticmethod(time.monotonic),
+        "perf_counter": staticmethod(time.perf_counter)}))  # fmt: skip
+    runner = use_runner(Recorder())
+    results = engine.deliver_many(get_redis(), scope(), [of(first), of(second)])
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 2
+    assert clock.slept == [0.015]
+    fired = {c["prompt_id"]: (c["fired_at"], c["lateness_seconds"]) for c in runner.calls}
+    assert fired[first.id][1] == 0.0 and fired[second.id][1] == 0.0
+    assert datetime.fromisoformat(fired[second.id][0]) == second.next_run_at
+
+
+def test_an_occurrence_sent_earlier_than_the_window_is_not_held(
+    redis_url: str, use_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held only within the batch window: a task a clock apart runs at once.
+    t = later()
+    (p,) = due_at(t + timedelta(seconds=5), 1)
+    clock = HeldClock(t)
+    monkeypatch.setattr(engine, "utcnow", clock.utcnow)
+    monkeypatch.setattr(engine, "time", type("T", (), {
+        "sleep": staticmethod(clock.sleep), "monotonic": staticmethod(time.monotonic),
+        "perf_counter": staticmethod(time.perf_counter)}))  # fmt: skip
+    use_runner(Recorder())
+    (result,) = engine.deliver_many(get_redis(), scope(), [of(p)])
+    assert result.outcome is Outcome.DELIVERED and clock.slept == []
 
 
 def test_mixed_batch_gives_each_occurrence_its_own_outcome(redis_url: str, use_runner: Any) -> None:
@@ -375,6 +445,15 @@ def test_publish_sends_occurrences_due_together_as_one_batch_task(broker: redis.
     )
     assert [m["args"] for m in single] == [["late", t + 5_000]]
     assert {datetime.fromisoformat(m["eta"]) for m in batch} == {from_ms(t)}
+
+
+def test_a_batch_is_sent_for_its_earliest_occurrence(broker: redis.Redis) -> None:
+    t = to_ms(later(120))
+    tasks.publish([Delivery("b", t + 12), Delivery("a", t), Delivery("c", t + 20)])
+    (message,) = queued(broker, "test-batches")
+    assert message["task"] == tasks.DELIVER_BATCH
+    assert [pid for pid, _ in message["args"][0]] == ["a", "b", "c"]
+    assert datetime.fromisoformat(message["eta"]) == from_ms(t)
 
 
 def test_batch_size_one_publishes_one_deliver_task_each(redis_url: str) -> None:
