@@ -17,6 +17,7 @@ BENCHMARKS = (
     "throughput",
     "memory",
     "burst",
+    "herd",
     "lateness",
     "replication",
     "metrics",

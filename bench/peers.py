@@ -4,11 +4,11 @@ Method and figures: docs/performance.md, "Methods"."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
+import orjson
 from celery import Celery
 
 from scheduled_prompts.celery_app import celery_config
@@ -68,7 +68,7 @@ def append_record(record: dict[str, Any]) -> None:
         os.environ["BENCH_PEER_RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
     )
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
+        os.write(fd, orjson.dumps(record) + b"\n")  # as the recording runner writes ours
     finally:
         os.close(fd)
 

@@ -439,7 +439,10 @@ def test_publish_sends_occurrences_due_together_as_one_batch_task(broker: redis.
     messages = queued(broker, "test-batches")
     batch = [m for m in messages if m["task"] == tasks.DELIVER_BATCH]
     single = [m for m in messages if m["task"] == tasks.DELIVER]
-    assert sorted(len(m["args"][0]) for m in batch) == [50, 200, 200]
+    size = scope().settings.deliver_batch_size  # 50 by default
+    assert sorted(len(m["args"][0]) for m in batch) == sorted(
+        [size] * (450 // size) + ([450 % size] if 450 % size else [])
+    )
     assert sorted(pid for m in batch for pid, _ in m["args"][0]) == sorted(
         f"p{i}" for i in range(450)
     )
