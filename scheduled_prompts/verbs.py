@@ -48,6 +48,18 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _create_ops(
+    batches: Sequence[tuple[Scope, Sequence[ScheduledPrompt]]], quota: int | None
+) -> Iterator[store.Eval]:
+    """The CREATE call of each batch, built with the cyclic GC paused: serialising
+    thousands of records allocates containers none of which can be garbage yet, and the
+    collections they start walk every record built (a quarter of the call's time)."""
+    for home, batch in batches:
+        with _gc_paused():
+            op = store.create_op(home.keys, batch, quota)
+        yield op
+
+
 def by_shard(
     ctx: Scope, records: Iterable[ScheduledPrompt]
 ) -> dict[int, tuple[Scope, list[ScheduledPrompt]]]:
@@ -185,9 +197,7 @@ def create_many(
             for i in range(0, len(group), store.WRITE_LOT)
         ]
         # Each batch is serialised while Redis writes the one before.
-        results = yield ctx.durable(
-            store.Stream(store.create_op(home.keys, batch, quota) for home, batch in batches)
-        )
+        results = yield ctx.durable(store.Stream(_create_ops(batches, quota)))
         failed = [(i, r) for i, r in enumerate(results) if str(r[0]) != "ok"]
         if failed:
             written = len(to_write) - sum(len(batches[i][1]) for i, _ in failed)
