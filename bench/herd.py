@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
@@ -259,8 +259,31 @@ def peer_row(n: int, runs: Callable[[], Any]) -> tuple[list[Any], dict[str, Any]
     r = runs().as_dict()
     last = r["last_s"]
     return (["celery ETA tasks, one worker (2 processes)", n, n, r["delivered"],
-             r["first_ms"] / 1000, "", "", last, n / last if last else 0.0,
+             r["first_s"], "", "", last, n / last if last else 0.0,
              "yes" if last <= WITHIN else "NO"], r)  # fmt: skip
+
+
+def redis_table(run: HerdRun) -> str:
+    """The server while the herd ran: the longest calls, latency, the probe, the ticks."""
+    calls = Counter(c.command for c in run.slow if c.ms > CALL_BUDGET_MS)
+    longest = run.slow[0] if run.slow else SlowCall(0.0, "none over 1 ms")
+    probe = run.as_dict()["probe_ping_ms"]
+    rows: list[list[Any]] = [
+        ["longest Redis call (SLOWLOG)", f"{longest.ms:.2f} ms", longest.command],
+        [f"calls over {CALL_BUDGET_MS:.0f} ms", sum(calls.values()),
+         ", ".join(f"{k} x{v}" for k, v in calls.most_common()) or "-"],
+        ["calls over 1 ms", len(run.slow), ""],
+        ["LATENCY LATEST (events over 10 ms)", len(run.latency_events),
+         "; ".join(f"{e[0]}: max {e[3]} ms" for e in run.latency_events) or "-"],
+        ["another client's PING, p50 / p99 / max",
+         f"{probe['p50']:.2f} / {probe['p99']:.2f} / {probe['max']:.2f} ms",
+         f"{probe['n']:,} PINGs"],
+        [f"tick runtimes (interval {TICK} s)", f"max {max(run.ticks_s, default=0):.2f} s",
+         ", ".join(f"{s:.2f}" for s in run.ticks_s)],
+        ["herd written by schedule_many", f"{run.herd_write_s:.2f} s",
+         f"{run.sizes.herd / run.herd_write_s:,.0f} prompts/s"],
+    ]  # fmt: skip
+    return table("The herd: the Redis server while it ran", ("measure", "value", "detail"), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,44 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     run = run_ours(sizes)
+    name = "herd-quick" if args.quick else "herd"
+    results: dict[str, Any] = {
+        "benchmark": "herd", "quick": args.quick, "zones": ZONES,
+        "tick_seconds": TICK, "horizon_seconds": HORIZON, "lead_seconds": LEAD,
+        "machine": machine(), "ours": run.as_dict(), "peer_eta": None,
+    }  # fmt: skip
+    write_results(name, results)  # ours is kept should the peer's run fail
+    print(redis_table(run))
     rows = [ours_row(run)]
-    peer: dict[str, Any] | None = None
     if not args.no_peer:
         progress(f"celery ETA: {sizes.peer:,} tasks due at the same second")
-        row, peer = peer_row(
-            sizes.peer, lambda: run_eta(sizes.peer, 2, default_lead("eta", sizes.peer))
-        )
+        lead = default_lead("eta", sizes.peer)
+        row, results["peer_eta"] = peer_row(sizes.peer, lambda: run_eta(sizes.peer, 2, lead))
         rows.append(row)
     print(table(f"The herd: cron prompts due at the same minute in {len(ZONES)} zones",
                 HEADERS, rows))  # fmt: skip
-    calls = Counter(c.command for c in run.slow if c.ms > CALL_BUDGET_MS)
-    longest = run.slow[0] if run.slow else SlowCall(0.0, "none over 1 ms")
-    probe = run.as_dict()["probe_ping_ms"]
-    redis_rows = [
-        ["longest Redis call (SLOWLOG)", f"{longest.ms:.2f} ms", longest.command],
-        [f"calls over {CALL_BUDGET_MS:.0f} ms", sum(calls.values()),
-         ", ".join(f"{k} x{v}" for k, v in calls.most_common()) or "-"],
-        ["calls over 1 ms", len(run.slow), ""],
-        ["LATENCY LATEST (events over 10 ms)", len(run.latency_events),
-         "; ".join(f"{e[0]}: max {e[3]} ms" for e in run.latency_events) or "-"],
-        ["another client's PING, p50 / p99 / max",
-         f"{probe['p50']:.2f} / {probe['p99']:.2f} / {probe['max']:.2f} ms",
-         f"{probe['n']:,} PINGs"],
-        [f"tick runtimes (interval {TICK} s)", f"max {max(run.ticks_s, default=0):.2f} s",
-         ", ".join(f"{s:.2f}" for s in run.ticks_s)],
-        ["herd written by schedule_many", f"{run.herd_write_s:.2f} s",
-         f"{sizes.herd / run.herd_write_s:,.0f} prompts/s"],
-    ]  # fmt: skip
-    print(table("The herd: the Redis server while it ran", ("measure", "value", "detail"),
-                cast(list[list[Any]], redis_rows)))  # fmt: skip
-    path = write_results(
-        "herd-quick" if args.quick else "herd",
-        {
-            "benchmark": "herd", "quick": args.quick, "zones": ZONES,
-            "tick_seconds": TICK, "horizon_seconds": HORIZON, "lead_seconds": LEAD,
-            "machine": machine(), "ours": run.as_dict(), "peer_eta": peer,
-        },
-    )  # fmt: skip
+    path = write_results(name, results)
     progress(f"wrote {path}")
     whole = run.delivered == run.unique == sizes.herd
     if not whole:
