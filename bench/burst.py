@@ -27,7 +27,6 @@ from bench.common import machine, median, progress, redis_server, sleep_until, t
 from support.cluster import Cluster, Process
 from support.recording_runner import read_records
 
-BATCH_ENV = "SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE"
 MAX_INTERVAL = 5  # redbeat's beat max interval in these runs (seconds)
 
 
@@ -146,21 +145,6 @@ def configure_peers_for(c: Cluster) -> Any:
     return peers
 
 
-@contextmanager
-def batch_env(size: int | None) -> Iterator[None]:
-    """``SCHEDULED_PROMPTS_DELIVER_BATCH_SIZE`` set (or unset) in this process, so the
-    cluster's workers inherit it and in-process publishing sees it too."""
-    old = os.environ.pop(BATCH_ENV, None)
-    if size is not None:
-        os.environ[BATCH_ENV] = str(size)
-    try:
-        yield
-    finally:
-        os.environ.pop(BATCH_ENV, None)
-        if old is not None:
-            os.environ[BATCH_ENV] = old
-
-
 # --------------------------------------------------------------------------- one run
 
 
@@ -236,7 +220,10 @@ def run_ours(n: int, concurrency: int, batch_size: int | None, lead: float) -> B
     """Ours: ``schedule_many`` of N prompts due at T (promoted and published at once,
     since T is within the horizon), one worker with the recording runner."""
     variant = "per-occurrence tasks" if batch_size == 1 else "batched"
-    with batch_env(batch_size), cluster() as c:
+    # The batch size goes to the cluster's settings: both this process (publishing) and
+    # the worker (a deliver task takes its siblings along only with batches) see it.
+    sized = {} if batch_size is None else {"deliver_batch_size": batch_size}
+    with cluster(**sized) as c:
         c.worker("w1", concurrency=concurrency)
         client = redis.Redis.from_url(c.redis.url)
         t = pick_t(lead)
