@@ -74,9 +74,8 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     started = time.perf_counter()
     every = ctx.every_shard()
     promoted = redriven = 0
-    pending = every
+    pending, lot = every, store.PROMOTE_LOT
     while pending:  # a shard with a whole lot taken may have more within the horizon
-        lot = store.PROMOTE_LOT
         replies = yield from shards.each([promote_op(s, now, limit=lot) for s in pending])
         batch = [d for s, rows in zip(pending, replies, strict=True)
                  for d in parse_promoted(rows, s.number)]  # fmt: skip
