@@ -326,10 +326,7 @@ class Claims:
         return started
 
     def _run(self, ops: list[store.Eval]) -> list[Any]:
-        """Each call's reply: one call alone, several in one round trip (each made
-        durable as the settings ask)."""
-        if len(ops) == 1:
-            return [self.ctx.durable(ops[0]).run(self.client)]
+        """Each call's reply, in one round trip, made durable as the settings ask."""
         return self.ctx.durable(store.Pipeline(ops)).run(self.client)
 
     def _commit_keys(self) -> list[str]:

@@ -39,9 +39,7 @@ def find(ctx: Scope, prompt_id: str, user_id: str | None = None) -> Plan[tuple[S
 
 def each(ops: Sequence[store.Eval]) -> Plan[list[Any]]:
     """The replies of script calls on several shards, in order: one round trip (per node
-    on a Redis Cluster); a single call goes as itself."""
-    if len(ops) == 1:
-        return [(yield ops[0])]
+    on a Redis Cluster)."""
     replies: list[Any] = yield store.Pipeline(ops)
     return replies
 

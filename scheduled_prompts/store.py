@@ -981,7 +981,8 @@ class Sleep(Op):
 
 @dataclass(frozen=True)
 class Pipeline(Op):
-    """Several operations in one round trip (no transaction: each is atomic by itself)."""
+    """Several operations in one round trip (no transaction: each is atomic by itself).
+    A single one goes as itself: an ``EVALSHA`` without the pipeline's ``SCRIPT LOAD``."""
 
     ops: Sequence[Eval]
     wait: Wait | None = None
@@ -1003,7 +1004,14 @@ class Pipeline(Op):
             self.wait.check(replies.pop())
         return replies[-len(self.ops) :]
 
+    def _alone(self) -> Eval | None:
+        if len(self.ops) != 1:
+            return None
+        return dataclasses.replace(self.ops[0], wait=self.wait)
+
     def run(self, redis: Redis) -> list[Any]:
+        if (alone := self._alone()) is not None:
+            return [alone.run(redis)]
         if is_cluster(redis):
             return _cluster_evals(redis, self.ops)
         pipe = redis.pipeline(transaction=False)
@@ -1011,6 +1019,8 @@ class Pipeline(Op):
         return self._results(list(pipe.execute()))
 
     async def arun(self, redis: AsyncRedis) -> list[Any]:
+        if (alone := self._alone()) is not None:
+            return [await alone.arun(redis)]
         if is_cluster(redis):
             return await _acluster_evals(redis, self.ops)
         pipe = redis.pipeline(transaction=False)

@@ -70,18 +70,18 @@ def publish(deliveries: Sequence[Delivery]) -> None:
     groups = batches(deliveries, settings.deliver_batch_size, settings.deliver_batch_window_ms)
     with app.producer_or_acquire() as producer:
         for group in groups:
-            first, last = group[0], group[-1]
+            first = group[0]  # the earliest: the worker holds the others until theirs
             eta = first.eta if first.eta > now else None
             if len(group) == 1:
                 deliver.apply_async(
-                    args=(last.prompt_id, last.occurrence_ms),
-                    kwargs=last.task_kwargs,
+                    args=(first.prompt_id, first.occurrence_ms),
+                    kwargs=first.task_kwargs,
                     eta=eta,
                     producer=producer,
                 )
             else:
                 items = [[d.prompt_id, d.occurrence_ms] for d in group]
-                kwargs = {"shard": last.shard} if last.shard else {}
+                kwargs = {"shard": first.shard} if first.shard else {}
                 deliver_batch.apply_async(args=(items,), kwargs=kwargs, eta=eta, producer=producer)
 
 
