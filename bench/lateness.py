@@ -84,34 +84,31 @@ def ours_once(c: Cluster, n: int, rng: random.Random) -> dict[str, Any]:
 
 def peer_eta(c: Cluster, n: int, rng: random.Random) -> dict[str, Any]:
     """(c) plain Celery ETA tasks of a no-op task at the same rate; lateness vs ETA."""
-    peers = configure_peers_for(c)
     times = steady_times(n, pick_t(3.0), RATE, rng)
     progress(f"celery ETA: {n} tasks at {RATE:g}/s from {times[0] / 1000:.3f}")
-    with peers.app.producer_or_acquire() as producer:
-        for i, ms in enumerate(times):
-            eta = datetime.fromtimestamp(ms / 1000, UTC)
-            peers.noop.apply_async(args=(f"eta-{i}", ms / 1000), eta=eta, producer=producer)
-    path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
-    wait_for_count(RecordTail(path), n, deadline=times[-1] / 1000 + 30)
-    lateness = [(r["at"] - r["due"]) * 1000 for r in read_records(str(path))]
-    return stats("ETA task, 20/s", "celery ETA", n, lateness)
+    return stats("ETA task, 20/s", "celery ETA", n, _eta_lateness(c, "eta", times))
 
 
 def peer_eta_at_once(c: Cluster, n: int) -> dict[str, Any]:
     """(d) ``n`` plain ETA tasks due at the same instant: the peer of the cron rows."""
+    t = pick_t(3.0)
+    progress(f"celery ETA: {n} tasks due at once, {t:.3f}")
+    lateness = _eta_lateness(c, "once", [int(t * 1000)] * n)
+    return stats(f"{n} ETA tasks due at the same instant", "celery ETA", n, lateness)
+
+
+def _eta_lateness(c: Cluster, name: str, times: Sequence[int]) -> list[float]:
+    """The no-op task sent with each of ``times`` (epoch ms) as its ETA; each call's
+    lateness (ms) once all ran (or the wait gave up)."""
     peers = configure_peers_for(c)
     path = Path(peer_env(c)["BENCH_PEER_RECORD_FILE"])
     before = len(read_records(str(path)))
-    t = pick_t(3.0)
-    eta = datetime.fromtimestamp(t, UTC)
-    progress(f"celery ETA: {n} tasks due at once, {t:.3f}")
     with peers.app.producer_or_acquire() as producer:
-        for i in range(n):
-            peers.noop.apply_async(args=(f"once-{i}", t), eta=eta, producer=producer)
-    tail = RecordTail(path)
-    wait_for_count(tail, before + n, deadline=t + 30)
-    lateness = [(r["at"] - r["due"]) * 1000 for r in read_records(str(path))[before:]]
-    return stats(f"{n} ETA tasks due at the same instant", "celery ETA", n, lateness)
+        for i, ms in enumerate(times):
+            eta = datetime.fromtimestamp(ms / 1000, UTC)
+            peers.noop.apply_async(args=(f"{name}-{i}", ms / 1000), eta=eta, producer=producer)
+    wait_for_count(RecordTail(path), before + len(times), deadline=max(times) / 1000 + 30)
+    return [(r["at"] - r["due"]) * 1000 for r in read_records(str(path))[before:]]
 
 
 def ours_cron(c: Cluster, n: int, boundaries: int) -> list[dict[str, Any]]:
