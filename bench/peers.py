@@ -63,14 +63,17 @@ def noop(key: str, due: float) -> None:
 
 
 def append_record(record: dict[str, Any]) -> None:
-    """One short ``O_APPEND`` write: lines from several processes never mix."""
-    fd = os.open(
-        os.environ["BENCH_PEER_RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-    )
-    try:
-        os.write(fd, orjson.dumps(record) + b"\n")  # as the recording runner writes ours
-    finally:
-        os.close(fd)
+    """One short ``O_APPEND`` write: lines from several processes never mix. The file is
+    opened once per process, as the recording runner opens ours."""
+    path = os.environ["BENCH_PEER_RECORD_FILE"]
+    key = (os.getpid(), path)
+    fd = _FDS.get(key)
+    if fd is None:
+        fd = _FDS[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, orjson.dumps(record) + b"\n")
+
+
+_FDS: dict[tuple[int, str], int] = {}
 
 
 configure_peers()

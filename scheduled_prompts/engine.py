@@ -181,18 +181,19 @@ def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) ->
     tasks of their own (published one by one, as writes do for what is due soon).
 
     They share the in-flight deadline PROMOTE gave ``delivery`` (its occurrence plus the
-    re-drive delay); one claimed meanwhile has a later deadline and is not returned. A
-    ``deliver`` task takes them along in one batch; their own tasks then find them done.
+    re-drive delay); one claimed meanwhile has a later deadline and is not returned. Those
+    returned get the deadline a claim gives, in the same step, so tasks looking at once
+    (one per pool process) take different ones. A ``deliver`` task takes them along in
+    one batch; their own tasks then find them done.
     """
     deadline = delivery.occurrence_ms + redrive_delay(ctx)
-    keys = client.zrangebyscore(ctx.keys.inflight, deadline, deadline, start=0, num=limit + 1)
-    found = (Delivery.from_key(str(k), ctx.number) for k in keys)
-    same = [
-        d
-        for d in found
-        if d != delivery and d.scheduled and d.occurrence_ms == delivery.occurrence_ms
-    ]
-    return same[:limit]
+    claimed = to_ms(utcnow()) + redrive_delay(ctx)
+    keys = store.Eval(
+        store.SIBLINGS,
+        [ctx.keys.inflight],
+        [deadline, limit, delivery.occurrence_ms, delivery.key, claimed],
+    ).run(client)
+    return [Delivery.from_key(store.as_text(k), ctx.number) for k in keys]
 
 
 #: Longest a finished outcome waits for the rest of its batch before it is committed.
@@ -320,7 +321,7 @@ def _commit(
         [observation for *_, observation in pending],
     )
     for (i, _, _, result, _), record in zip(pending, records, strict=True):
-        results[i] = dataclasses.replace(result, record=record)
+        results[i] = result.with_record(record)
 
 
 def _run_one(
@@ -552,12 +553,13 @@ def build_payload(
     ``occurrence`` is its nominal time, ``fire_at`` when it was to fire (later by the
     prompt's jitter; the same without), which lateness counts from."""
     fire_at = occurrence if fire_at is None else fire_at
+    nominal = to_iso(occurrence)
     return {
         "type": "scheduled_prompt",
         "prompt_id": record.id,
         "idempotency_key": key,
-        "occurrence": to_iso(occurrence),
-        "fire_at": to_iso(fire_at),
+        "occurrence": nominal,
+        "fire_at": nominal if fire_at == occurrence else to_iso(fire_at),
         "fired_at": to_iso(now),
         "lateness_seconds": round((now - fire_at).total_seconds(), 3),
         "attempt": attempt,

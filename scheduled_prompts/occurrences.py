@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from . import store
@@ -35,10 +36,11 @@ class Delivery:
     detached: bool = False
     shard: int = 0
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The in-flight key: ``{id}:{ms}``, ``{id}:trigger:{ms}`` or ``{id}:{ms}:run``
-        (the trigger's is its idempotency key too)."""
+        (the trigger's is its idempotency key too). Worked out once: a delivery names
+        its key at every step."""
         if self.detached:
             return f"{self.prompt_id}:{self.occurrence_ms}:run"
         middle = ":trigger" if self.trigger else ""

@@ -37,3 +37,10 @@ class Result:
     #: What a retry delivers when it is not the occurrence asked for: the detached run
     #: an ``overlap="allow"`` occurrence became when its runner call started.
     delivery: Delivery | None = None
+
+    def with_record(self, record: ScheduledPrompt | None) -> Result:
+        """This result with the record its commit left: what :func:`dataclasses.replace`
+        gives, without re-binding every field (each committed delivery takes one)."""
+        new = object.__new__(Result)
+        new.__dict__.update(self.__dict__, record=record)
+        return new

@@ -123,16 +123,17 @@ class Scope:
 
 
 #: Most occurrences one CLAIM or COMMIT call takes; a larger batch is split into calls
-#: sent in one round trip. Each occurrence costs Redis some 20-50 µs in these scripts, and
-#: a script blocks every other client of the server while it runs: a lot of 50 keeps a
-#: call to a few milliseconds (docs/decisions.md, "Short script calls").
-LOT = 50
+#: sent in one round trip. Each occurrence costs Redis some 20-120 µs in these scripts
+#: (the most with a million prompts stored and the server short of CPU), and a script
+#: blocks every other client of the server while it runs: a lot of 25 keeps a call to a
+#: few milliseconds (docs/decisions.md, "Short script calls").
+LOT = 25
 #: Most records one CREATE call writes: some 10-40 µs of Redis each (more as the indexes
 #: grow to millions), so a call stays within a few milliseconds.
 WRITE_LOT = 100
-#: Most occurrences one PROMOTE call moves to in-flight (some 8 µs each); a tick's lot is
-#: then one ``deliver_batch`` task at the default batch size.
-PROMOTE_LOT = 200
+#: Most occurrences one PROMOTE call moves to in-flight (some 8-40 µs each, the most with
+#: a million prompts stored and the server short of CPU).
+PROMOTE_LOT = 100
 
 
 @dataclass(frozen=True)
@@ -675,6 +676,32 @@ REDRIVE = Script(
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, key in ipairs(rows) do redis.call('ZADD', KEYS[1], ARGV[3], key) end
 return rows
+"""
+)
+
+SIBLINGS = Script(
+    """
+-- Takes up to ARGV[2] scheduled occurrences due at the instant ARGV[3] that still wait in
+-- flight for tasks of their own (re-drive deadline ARGV[1]: set by PROMOTE, not moved by
+-- a claim), other than ARGV[4], and moves each deadline to ARGV[5]: two tasks looking at
+-- once take different ones. One taken by a task that dies before claiming it is still
+-- delivered by its own task, or re-driven after ARGV[5].
+-- KEYS: inflight. Returns the idempotency keys taken.
+local suffix = ':' .. ARGV[3]
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0,
+                        tonumber(ARGV[2]) + 1)
+local out = {}
+for _, key in ipairs(rows) do
+  if #out >= tonumber(ARGV[2]) then break end
+  -- '{id}:{ms}' only: a trigger ('{id}:trigger:{ms}') or a detached run ('...:run') is
+  -- never taken along.
+  local colon = string.find(key, ':', 1, true)
+  if key ~= ARGV[4] and colon == #key - #suffix + 1 and string.sub(key, colon) == suffix then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[5], key)
+    out[#out + 1] = key
+  end
+end
+return out
 """
 )
 
