@@ -34,7 +34,14 @@ from .claims import DONE_TTL, Change, Claimed, Claims
 from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
 from .metrics import Batch, Observation, tick_increments
 from .models import Kind, Overlap, ScheduledPrompt, Status
-from .occurrences import Delivery, Publish, parse_promoted, promote_op, redrive_delay
+from .occurrences import (
+    SEND_AHEAD,
+    Delivery,
+    Publish,
+    parse_promoted,
+    promote_op,
+    redrive_delay,
+)
 from .outcomes import Outcome, Result
 from .plans import Enqueue, Plan, run
 from .runners import call_runner, get_runner
@@ -178,7 +185,8 @@ def deliver_many(
 
 def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) -> list[Delivery]:
     """Up to ``limit`` other occurrences due at the same instant, waiting in flight for
-    tasks of their own (published one by one, as writes do for what is due soon).
+    tasks of their own (published one by one, as writes do for what is due soon); one
+    more when ``delivery`` itself was taken by another task already (its batch has room).
 
     They share the in-flight deadline PROMOTE gave ``delivery`` (its occurrence plus the
     re-drive delay); one claimed meanwhile has a later deadline and is not returned. Those
@@ -297,16 +305,21 @@ def _run_held(
 
 
 def _when_due(delivery: Delivery, ctx: Scope) -> datetime:
-    """Now, once ``delivery`` is due: a batch is sent for its earliest occurrence, and
-    the others (due within the batch window after it) are held until their own time, so
-    none is called early and none waits for the latest of its batch. Never holds longer
-    than the window (an occurrence sent early by more is a clock apart: called at once)."""
+    """Now, once ``delivery`` is due: a task is sent a little ahead of its earliest
+    occurrence (``SEND_AHEAD``), and the others of a batch are due within the batch
+    window after it, so each is held until its own time: none is called early and none
+    waits for the latest of its batch. Never holds longer than the window and the lead
+    (an occurrence sent early by more is a clock apart: called at once)."""
     now = utcnow()
     early = (delivery.occurrence_ms - to_ms(now)) / 1000
-    if 0 < early <= ctx.settings.deliver_batch_window_ms / 1000:
+    if 0 < early <= ctx.settings.deliver_batch_window_ms / 1000 + SEND_AHEAD_S:
         time.sleep(early)
         now = utcnow()
     return now
+
+
+#: The longest a task is sent ahead of its first occurrence, in seconds.
+SEND_AHEAD_S = SEND_AHEAD.total_seconds()
 
 
 def _commit(

@@ -17,6 +17,10 @@ log = logging.getLogger("scheduled_prompts.occurrences")
 
 #: Extra time past the lease before an unfinished occurrence is re-driven.
 REDRIVE_SLACK = timedelta(seconds=30)
+#: How long before its earliest occurrence a task is sent to the worker: it claims its
+#: occurrences and reads their records meanwhile, then holds each until its own time
+#: (``engine._when_due``), so what Celery's timer and the claim take is not lateness.
+SEND_AHEAD = timedelta(milliseconds=10)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,13 @@ class Delivery:
 
     @property
     def eta(self) -> datetime:
+        """When the occurrence is due (its runner is called then, not before)."""
         return from_ms(self.occurrence_ms)
+
+    @property
+    def send_at(self) -> datetime:
+        """When its task goes to the worker: :data:`SEND_AHEAD` before it is due."""
+        return self.eta - SEND_AHEAD
 
 
 #: Sends occurrences to the ``deliver`` tasks (``tasks.publish``, the Celery adapter's).

@@ -62,7 +62,9 @@ def publish(deliveries: Sequence[Delivery]) -> None:
     """Send the occurrences over one producer, those due together as one batch task.
 
     A group of several goes as one ``deliver_batch`` task, a lone occurrence as one
-    ``deliver`` task; either with an ETA when due in the future (see
+    ``deliver`` task; either with an ETA when due in the future, a few milliseconds
+    ahead (:data:`~scheduled_prompts.occurrences.SEND_AHEAD`: the task claims its
+    occurrences meanwhile and calls each runner at its own time; see
     :func:`~scheduled_prompts.occurrences.batches`).
     """
     now = utcnow()
@@ -71,7 +73,7 @@ def publish(deliveries: Sequence[Delivery]) -> None:
     with app.producer_or_acquire() as producer:
         for group in groups:
             first = group[0]  # the earliest: the worker holds the others until theirs
-            eta = first.eta if first.eta > now else None
+            eta = first.send_at if first.send_at > now else None
             if len(group) == 1:
                 deliver.apply_async(
                     args=(first.prompt_id, first.occurrence_ms),
