@@ -142,28 +142,53 @@ def parse_promoted(rows: Sequence[Any], shard: int = 0) -> list[Delivery]:
     return [Delivery(str(rows[i]), int(rows[i + 1]), shard=shard) for i in range(1, len(rows), 2)]
 
 
+#: Occurrences due together are spread over at least this many tasks (pool processes run
+#: them side by side) ...
+SPREAD_TASKS = 4
+#: ... as long as each task gets this many: fewer are not worth a task of their own.
+SPREAD_SHARE = 50
+
+
 def batches(deliveries: Sequence[Delivery], size: int, window_ms: int) -> list[list[Delivery]]:
     """Group occurrences due close together, for one ``deliver_batch`` task each.
 
-    Sorted by due time, a group takes occurrences while they are due within
-    ``window_ms`` of its first and it holds fewer than ``size``. A group is sent for its
+    Sorted by due time, a window takes occurrences while they are due within
+    ``window_ms`` of its first. A window is sent as :func:`split_count` tasks of at most
+    ``size``, of equal shares in due order: a few hundred due at once go to
+    :data:`SPREAD_TASKS` tasks that pool processes run side by side, thousands go in
+    batches of ``size`` (fewer tasks to publish and to run). A group is sent for its
     earliest occurrence, and the worker holds each of the others until its own time
-    (``engine._when_due``): none fires early, none waits for the latest. Triggers
-    (one extra delivery, sent as it is asked for), detached runs and ``size`` 1 give one
-    group each; a group holds one shard's occurrences.
+    (``engine._when_due``): none fires early, none waits for the latest. Triggers (one
+    extra delivery, sent as it is asked for), detached runs and ``size`` 1 give one group
+    each; a group holds one shard's occurrences.
     """
     groups: list[list[Delivery]] = []
+    windows: list[list[Delivery]] = []
     current: dict[int, list[Delivery]] = {}  # by shard
     for d in sorted(deliveries, key=lambda d: d.occurrence_ms):
         if not d.scheduled or size <= 1:
             groups.append([d])
             continue
-        group = current.get(d.shard)
-        if group and (len(group) >= size or d.occurrence_ms - group[0].occurrence_ms > window_ms):
-            groups.append(group)
-            group = None
-        if not group:
-            group = current[d.shard] = []
-        group.append(d)
-    groups += [group for group in current.values() if group]
+        window = current.get(d.shard)
+        if window and d.occurrence_ms - window[0].occurrence_ms > window_ms:
+            windows.append(window)
+            window = None
+        if not window:
+            window = current[d.shard] = []
+        window.append(d)
+    windows += [window for window in current.values() if window]
+    for window in windows:
+        tasks = split_count(len(window), size)
+        share, extra = divmod(len(window), tasks)
+        at = 0
+        for i in range(tasks):
+            end = at + share + (1 if i < extra else 0)
+            groups.append(window[at:end])
+            at = end
     return groups
+
+
+def split_count(n: int, size: int) -> int:
+    """How many tasks ``n`` occurrences due together go in: enough for at most ``size``
+    each, and up to :data:`SPREAD_TASKS` while each keeps :data:`SPREAD_SHARE`."""
+    return max(-(-n // size), min(SPREAD_TASKS, -(-n // SPREAD_SHARE)))

@@ -79,7 +79,7 @@ class Settings:
     )
     max_retries: int = _setting(5, "Runner failures retried (exponential backoff).")
     deliver_batch_size: int = _setting(
-        50, "Most occurrences one `deliver_batch` task carries; 1 sends one task each."
+        200, "Most occurrences one `deliver_batch` task carries; 1 sends one task each."
     )
     deliver_batch_window_ms: int = _setting(
         20, "Occurrences due within this many ms of each other may share a batch."

@@ -21,7 +21,7 @@ from ._time import utcnow
 from .celery_app import app
 from .connection import STORE_ERRORS, get_redis, scope
 from .errors import RunnerNotConfigured, StoreUnavailable
-from .occurrences import Delivery, batches, hand_over
+from .occurrences import SPREAD_SHARE, Delivery, batches, hand_over
 from .outcomes import Outcome, Result
 from .plans import run
 from .runners import get_runner
@@ -127,7 +127,10 @@ def deliver(
             and limited_since_ms is None
             and ctx.settings.deliver_batch_size > 1
         ):
-            others = engine.siblings(client, ctx, delivery, ctx.settings.deliver_batch_size - 1)
+            # As many as a task's share of a few hundred due at once (see ``batches``):
+            # the tasks of the others take theirs side by side on the pool.
+            share = min(ctx.settings.deliver_batch_size, SPREAD_SHARE)
+            others = engine.siblings(client, ctx, delivery, share - 1)
         if others:
             result = engine.deliver_many(client, ctx, [delivery, *others], stopping=stopping)[0]
         else:

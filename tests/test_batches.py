@@ -120,12 +120,34 @@ def test_batches_group_by_window_and_size_and_never_before_any_member() -> None:
     ds = [Delivery(f"p{i}", t + ms) for i, ms in enumerate([0, 5, 19, 20, 21, 45, 300, 300])]
     groups = batches(list(reversed(ds)), size=3, window_ms=20)
     assert [sorted(d.prompt_id for d in g) for g in groups] == [
-        ["p0", "p1", "p2"],  # full at 3
-        ["p3", "p4"],  # p5 is 25 ms after p3
+        ["p0", "p1"],  # p0-p3 are due within 20 ms of p0: more than 3, so two equal shares
+        ["p2", "p3"],
+        ["p4"],  # p5 is 24 ms after p4
         ["p5"],
         ["p6", "p7"],
     ]
     assert batches(ds, size=1, window_ms=20) == [[d] for d in ds]
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "shares"),
+    [
+        (40, 200, [40]),  # fewer than two shares: one task
+        (100, 200, [50, 50]),  # a hundred due at once: two tasks run side by side
+        (450, 200, [113, 113, 112, 112]),  # spread over SPREAD_TASKS
+        (10_000, 200, [200] * 50),  # a burst: as few tasks as the size allows
+        (1_001, 200, [167, 167, 167, 167, 167, 166]),
+        (100, 30, [25, 25, 25, 25]),  # never more than the size
+    ],
+)
+def test_occurrences_due_together_are_spread_then_batched_by_size(
+    n: int, size: int, shares: list[int]
+) -> None:
+    t = 1_800_000_000_000
+    ds = [Delivery(f"p{i:05d}", t) for i in range(n)]
+    groups = batches(ds, size=size, window_ms=20)
+    assert [len(g) for g in groups] == shares
+    assert sorted(d.prompt_id for g in groups for d in g) == [d.prompt_id for d in ds]
 
 
 def test_triggers_are_never_batched() -> None:
@@ -440,10 +462,9 @@ def test_publish_sends_occurrences_due_together_as_one_batch_task(broker: redis.
     messages = queued(broker, "test-batches")
     batch = [m for m in messages if m["task"] == tasks.DELIVER_BATCH]
     single = [m for m in messages if m["task"] == tasks.DELIVER]
-    size = scope().settings.deliver_batch_size  # 50 by default
-    assert sorted(len(m["args"][0]) for m in batch) == sorted(
-        [size] * (450 // size) + ([450 % size] if 450 % size else [])
-    )
+    # 450 due at once: spread over SPREAD_TASKS tasks of equal shares (the default size
+    # of 200 allows it).
+    assert sorted(len(m["args"][0]) for m in batch) == [112, 112, 113, 113]
     assert sorted(pid for m in batch for pid, _ in m["args"][0]) == sorted(
         f"p{i}" for i in range(450)
     )
