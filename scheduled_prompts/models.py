@@ -282,12 +282,36 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _loads(text: str | bytes) -> Any:
-    """JSON ``text`` read by orjson, or by the stdlib for what orjson refuses to read
-    (integers beyond 64 bits in metadata) so that every record written can be read."""
+    """JSON ``text`` read by orjson, or by the stdlib for what orjson does not read
+    exactly, so that every record written reads back the same: orjson refuses some
+    texts, and reads an integer beyond 64 bits (metadata may hold one) as a float, so a
+    record whose metadata holds a float that large is read again by the stdlib."""
     try:
-        return orjson.loads(text)
+        data = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+    if data.__class__ is dict and data.get("metadata") and _holds_huge_float(data["metadata"]):
+        return json.loads(text)
+    return data
+
+
+#: The smallest magnitude orjson reads as a float when the text held an integer.
+_HUGE = float(2**63)
+
+
+def _holds_huge_float(value: Any) -> bool:
+    """Whether a float of magnitude :data:`_HUGE` or more is anywhere in ``value``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item.__class__ is float:
+            if abs(item) >= _HUGE:
+                return True
+        elif item.__class__ is dict:
+            stack.extend(item.values())
+        elif item.__class__ is list:
+            stack.extend(item)
+    return False
 
 
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(ScheduledPrompt))

@@ -312,6 +312,25 @@ def test_json_round_trip_from_utf8_bytes_gives_an_equal_record(make: Any) -> Non
     assert ScheduledPrompt.from_json(prompt.to_json().encode("utf-8")) == prompt
 
 
+@pytest.mark.parametrize(
+    "number", [-(2**63) - 1, 2**64, 2**70, -(10**30), 2**63 - 1, 2**64 - 1, -(2**63)]
+)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_integers_of_any_size_in_metadata_read_back_exactly(number: int, as_bytes: bool) -> None:
+    # orjson writes at most 64-bit integers and reads larger ones as floats: the record
+    # must still read back with the very integer it was written with.
+    prompt = once(metadata={"n": number, "list": [number]})
+    text = prompt.to_json()
+    back = ScheduledPrompt.from_json(text.encode() if as_bytes else text)
+    assert back.metadata == {"n": number, "list": [number]}
+    assert type(back.metadata["n"]) is int and back == prompt
+
+
+def test_a_long_number_in_the_text_reads_back_the_same() -> None:
+    prompt = once(prompt="Call 12345678901234567890123 and say 0.1234567890123456789")
+    assert ScheduledPrompt.from_json(prompt.to_json()) == prompt
+
+
 def test_round_trip_keeps_unicode_and_nested_metadata() -> None:
     prompt = cron()
     back = ScheduledPrompt.from_json(prompt.to_json())
