@@ -304,6 +304,10 @@ def _run_held(
     _commit(claims, pending, results)
 
 
+#: The longest a task is sent ahead of its first occurrence, in seconds.
+SEND_AHEAD_S = SEND_AHEAD.total_seconds()
+
+
 def _when_due(delivery: Delivery, ctx: Scope) -> datetime:
     """Now, once ``delivery`` is due: a task is sent a little ahead of its earliest
     occurrence (``SEND_AHEAD``), and the others of a batch are due within the batch
@@ -316,10 +320,6 @@ def _when_due(delivery: Delivery, ctx: Scope) -> datetime:
         time.sleep(early)
         now = utcnow()
     return now
-
-
-#: The longest a task is sent ahead of its first occurrence, in seconds.
-SEND_AHEAD_S = SEND_AHEAD.total_seconds()
 
 
 def _commit(
