@@ -155,11 +155,12 @@ class SentinelGroup:
 
     def wait_replicated(self, replica: RedisServer, timeout: float = 30) -> None:
         """Until ``replica``'s link to its primary is up."""
-        self._until(
-            lambda: self._info(replica).get("master_link_status") == "up",
-            timeout,
-            f"replica on port {replica.port} did not sync",
-        )
+        try:
+            self._until(lambda: self._info(replica).get("master_link_status") == "up", timeout, "")
+        except TimeoutError:
+            info = self._info(replica)
+            seen = {k: info.get(k) for k in ("role", "master_port", "master_link_status")}
+            raise TimeoutError(f"replica on port {replica.port} did not sync: {seen}") from None
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until every sentinel knows the others, the primary and every live replica, so
