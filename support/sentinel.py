@@ -162,6 +162,31 @@ class SentinelGroup:
             seen = {k: info.get(k) for k in ("role", "master_port", "master_link_status")}
             raise TimeoutError(f"replica on port {replica.port} did not sync: {seen}") from None
 
+    def wait_settled(self, timeout: float = 120) -> RedisServer:
+        """Until every live node but the primary the sentinels name is its replica with
+        the link up; returns the primary. After a node is restarted this is usually that
+        node becoming a replica; but a sentinel that saw the new primary down for a
+        moment (down-after is 1 s here, and a loaded machine stalls processes that long)
+        may fail over again — onto the restarted node — and then the other one must
+        become its replica."""
+
+        def settled() -> bool:
+            try:
+                primary = self.primary()
+            except (RuntimeError, StopIteration):
+                return False
+            if self._info(primary).get("role") != "master":
+                return False
+            return all(
+                (info := self._info(node)).get("master_link_status") == "up"
+                and info.get("master_port") == str(primary.port)
+                for node in self.nodes
+                if node is not primary and node.process is not None
+            )
+
+        self._until(settled, timeout, "the nodes did not settle under one primary")
+        return self.primary()
+
     def wait_ready(self, timeout: float = 60) -> None:
         """Until every sentinel knows the others, the primary and every live replica, so
         that a failover can happen (sentinels find each other through hello messages)."""

@@ -356,7 +356,7 @@ def test_after_a_failover_the_same_client_follows_the_new_primary(tmp_path: Any)
             with pytest.raises(sp.StoreUnavailable, match="reached 0 of the 1"):
                 sp.schedule_prompt("waits", user_id="u", platform="p", delay=600)
             group.restart(killed)
-            group.wait_replicated(killed)
+            group.wait_settled()
             again = sp.schedule_prompt("after", user_id="u", platform="p", delay=600)
             assert sp.get_prompt(again.id) == again
         finally:
