@@ -195,7 +195,9 @@ def siblings(client: redis.Redis, ctx: Scope, delivery: Delivery, limit: int) ->
     one batch; their own tasks then find them done.
     """
     deadline = delivery.occurrence_ms + redrive_delay(ctx)
-    claimed = to_ms(utcnow()) + redrive_delay(ctx)
+    # The deadline a claim gives, and never the shared one (a lookup at the very
+    # millisecond of the occurrence would leave what it took findable).
+    claimed = max(to_ms(utcnow()) + redrive_delay(ctx), deadline + 1)
     keys = store.Eval(
         store.SIBLINGS,
         [ctx.keys.inflight],

@@ -683,11 +683,12 @@ SIBLINGS = Script(
     """
 -- Takes up to ARGV[2] scheduled occurrences due at the instant ARGV[3] that still wait in
 -- flight for tasks of their own (re-drive deadline ARGV[1]: set by PROMOTE, not moved by
--- a claim), other than ARGV[4], and moves each deadline to ARGV[5]: two tasks looking at
--- once take different ones. One taken by a task that dies before claiming it is still
--- delivered by its own task, or re-driven after ARGV[5].
--- ARGV[4] itself is taken the same way (its task claims it next); when another task's
--- lookup or claim took it already, one more is taken in its place: the batch stays full.
+-- a claim), other than ARGV[4], and moves each deadline to ARGV[5] (a later one): two
+-- tasks looking at once take different ones. One taken by a task that dies before
+-- claiming it is still delivered by its own task, or re-driven after ARGV[5].
+-- ARGV[4] itself is taken the same way first (its task claims it next); when another
+-- task's lookup or claim took it already, one more is taken in its place: the batch
+-- stays full.
 -- KEYS: inflight. Returns the idempotency keys taken.
 local suffix = ':' .. ARGV[3]
 local limit = tonumber(ARGV[2])
@@ -696,14 +697,13 @@ if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]) or '-1') == tonumber(ARGV[1])
 else
   limit = limit + 1
 end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, limit + 1)
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, limit)
 local out = {}
 for _, key in ipairs(rows) do
-  if #out >= limit then break end
   -- '{id}:{ms}' only: a trigger ('{id}:trigger:{ms}') or a detached run ('...:run') is
   -- never taken along.
   local colon = string.find(key, ':', 1, true)
-  if key ~= ARGV[4] and colon == #key - #suffix + 1 and string.sub(key, colon) == suffix then
+  if colon == #key - #suffix + 1 and string.sub(key, colon) == suffix then
     redis.call('ZADD', KEYS[1], 'XX', ARGV[5], key)
     out[#out + 1] = key
   end

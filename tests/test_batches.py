@@ -666,3 +666,18 @@ def test_tasks_looking_for_siblings_at_once_take_different_ones(
     assert sorted(c["idempotency_key"] for c in runner.calls) == sorted(
         f"{p.id}:{to_ms(t)}" for p in ps
     )
+
+
+def test_lookups_at_the_very_millisecond_of_the_occurrence_still_take_different_ones(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim's deadline counted from that instant is the one PROMOTE gave: what a lookup
+    # takes must still leave it, or the next lookup would take it again.
+    t = later(30)
+    ps = [sp.schedule_prompt(f"p{i}", user_id="u1", platform="tg", at=t) for i in range(6)]
+    monkeypatch.setattr(engine, "utcnow", lambda: t)
+    client = get_redis()
+    first = {d.prompt_id for d in engine.siblings(client, scope(), of(ps[0]), 2)}
+    second = {d.prompt_id for d in engine.siblings(client, scope(), of(ps[5]), 2)}
+    assert len(first) == 2 and len(second) == 2 and first.isdisjoint(second)
+    assert ps[0].id not in second and ps[5].id not in first
