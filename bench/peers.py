@@ -13,6 +13,7 @@ from celery import Celery
 
 from scheduled_prompts.celery_app import celery_config
 from scheduled_prompts.settings import get_settings
+from support.recording_runner import append_line
 
 NOOP = "bench.peers.noop"
 
@@ -63,17 +64,8 @@ def noop(key: str, due: float) -> None:
 
 
 def append_record(record: dict[str, Any]) -> None:
-    """One short ``O_APPEND`` write: lines from several processes never mix. The file is
-    opened once per process, as the recording runner opens ours."""
-    path = os.environ["BENCH_PEER_RECORD_FILE"]
-    key = (os.getpid(), path)
-    fd = _FDS.get(key)
-    if fd is None:
-        fd = _FDS[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, orjson.dumps(record) + b"\n")
-
-
-_FDS: dict[tuple[int, str], int] = {}
+    """One line, written as the recording runner writes ours."""
+    append_line(os.environ["BENCH_PEER_RECORD_FILE"], orjson.dumps(record))
 
 
 configure_peers()

@@ -31,21 +31,21 @@ def _append(event: str, payload: dict[str, Any]) -> None:
             "pid": os.getpid(),
         }
     )
-    # One write of a short line with O_APPEND: lines from several processes never mix.
-    os.write(_record_fd(os.environ["SP_TEST_RECORD_FILE"]), line + b"\n")
+    append_line(os.environ["SP_TEST_RECORD_FILE"], line)
 
 
 _FDS: dict[tuple[int, str], int] = {}
 
 
-def _record_fd(path: str) -> int:
-    """The file opened once per process (a forked pool process opens its own), so a
-    call costs one write: the runner stands in for a no-op in the benchmarks."""
+def append_line(path: str, line: bytes) -> None:
+    """One write of a short line with O_APPEND (lines from several processes never mix)
+    to a file opened once per process (a forked pool process opens its own), so a call
+    costs one write: the runner stands in for a no-op in the benchmarks."""
     key = (os.getpid(), path)
     fd = _FDS.get(key)
     if fd is None:
-        fd = _FDS[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    return fd
+        fd = _FDS[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, line + b"\n")
 
 
 class RecordingRunner:
