@@ -86,7 +86,18 @@ def submit(driver: WebDriver, button: WebElement) -> None:
     """Click a form's button and wait for the next page to replace this one."""
     old = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    wait(driver).until(ec.staleness_of(old))
+    wait(driver).until(lambda _: gone(old))
+
+
+def gone(element: WebElement) -> bool:
+    """Whether ``element`` left the page: stale, as ``ec.staleness_of`` sees it, or the
+    error Chrome gives instead while the next page replaces the document."""
+    try:
+        return bool(ec.staleness_of(element)(None))
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def listed_ids(driver: WebDriver) -> list[str]:
