@@ -35,6 +35,7 @@ from .errors import DeliveryError, PermanentDeliveryError, RunnerNotConfigured
 from .metrics import Batch, Observation, tick_increments
 from .models import Kind, Overlap, ScheduledPrompt, Status
 from .occurrences import (
+    PUBLISH_LOT,
     SEND_AHEAD,
     Delivery,
     Publish,
@@ -82,15 +83,18 @@ def tick_plan(ctx: Scope, now: datetime) -> Plan[dict[str, int]]:
     every = ctx.every_shard()
     promoted = redriven = 0
     pending, lot = every, store.PROMOTE_LOT
+    gathered: list[Delivery] = []
     while pending:  # a shard with a whole lot taken may have more within the horizon
         replies = yield from shards.each([promote_op(s, now, limit=lot) for s in pending])
         batch = [d for s, rows in zip(pending, replies, strict=True)
                  for d in parse_promoted(rows, s.number)]  # fmt: skip
-        if batch:
-            yield Enqueue(batch)
+        gathered += batch
         promoted += len(batch)
         taken = [int(rows[0]) for rows in replies]
         pending = [s for s, n in zip(pending, taken, strict=True) if n >= lot]
+        if gathered and (len(gathered) >= PUBLISH_LOT or not pending):
+            yield Enqueue(gathered)
+            gathered = []
     deadline = to_ms(now) + redrive_delay(ctx)
     pending = every
     while pending:

@@ -142,6 +142,13 @@ def parse_promoted(rows: Sequence[Any], shard: int = 0) -> list[Delivery]:
     return [Delivery(str(rows[i]), int(rows[i + 1]), shard=shard) for i in range(1, len(rows), 2)]
 
 
+#: Promoted occurrences (PROMOTE takes :data:`~scheduled_prompts.store.PROMOTE_LOT` a
+#: call, to keep each call short) are published in groups of up to this many, so those
+#: due together still go in tasks of ``DELIVER_BATCH_SIZE``: fewer tasks for the worker
+#: to receive, run and report (docs/decisions.md, "Publishing promoted occurrences").
+PUBLISH_LOT = 1_000
+
+
 #: Occurrences due together are spread over at least this many tasks (pool processes run
 #: them side by side) ...
 SPREAD_TASKS = 4

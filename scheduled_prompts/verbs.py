@@ -20,7 +20,7 @@ from ._time import to_ms
 from .errors import ConflictingPrompt, InvalidSchedule, PromptNotFound, QuotaExceeded
 from .ids import new_prompt_ids
 from .models import Kind, ScheduledPrompt, Status
-from .occurrences import Delivery, parse_promoted, promote_op, redrive_delay
+from .occurrences import PUBLISH_LOT, Delivery, parse_promoted, promote_op, redrive_delay
 from .plans import Enqueue, Plan
 from .schedules import first_cron_run, parse_cron
 from .store import CAS_ATTEMPTS, Put, Scope
@@ -82,11 +82,14 @@ def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -
     published = 0
     for home, group in by_shard(ctx, due).values():
         ids = [r.id for r in group]
+        gathered: list[Delivery] = []
         for i in range(0, len(ids), store.PROMOTE_LOT):
             rows = yield promote_op(home, now, ids[i : i + store.PROMOTE_LOT])
-            deliveries = parse_promoted(rows, home.number)
-            if deliveries:
-                published += yield Enqueue(deliveries)
+            gathered += parse_promoted(rows, home.number)
+            last = i + store.PROMOTE_LOT >= len(ids)
+            if gathered and (len(gathered) >= PUBLISH_LOT or last):
+                published += yield Enqueue(gathered)
+                gathered = []
     return published
 
 

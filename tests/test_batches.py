@@ -22,7 +22,7 @@ from scheduled_prompts.claims import Claimed, Claims
 from scheduled_prompts.connection import get_redis, scope
 from scheduled_prompts.engine import Outcome
 from scheduled_prompts.keys import Keys
-from scheduled_prompts.occurrences import SEND_AHEAD, Delivery, batches
+from scheduled_prompts.occurrences import PUBLISH_LOT, SEND_AHEAD, Delivery, batches
 
 K = Keys("sp")
 
@@ -480,6 +480,39 @@ def test_a_batch_is_sent_for_its_earliest_occurrence(broker: redis.Redis) -> Non
     assert message["task"] == tasks.DELIVER_BATCH
     assert [pid for pid, _ in message["args"][0]] == ["a", "b", "c"]
     assert datetime.fromisoformat(message["eta"]) == from_ms(t) - SEND_AHEAD
+
+
+def batch_sizes(client: redis.Redis) -> list[int]:
+    """The sizes of the queued ``deliver_batch`` tasks, checking that no occurrence went
+    twice."""
+    items = [tuple(i) for m in queued(client, "test-batches") for i in m["args"][0]]
+    assert len(items) == len(set(items))
+    return sorted(len(m["args"][0]) for m in queued(client, "test-batches"))
+
+
+def test_schedule_many_publishes_occurrences_due_together_in_full_batches(
+    broker: redis.Redis,
+) -> None:
+    # 2,500 due at once within the horizon: promoted in lots of PROMOTE_LOT, published
+    # PUBLISH_LOT at a time, so they go in tasks of the batch size (200), not in a lot's
+    # shares; the last 500 are spread over SPREAD_TASKS.
+    assert store.PROMOTE_LOT < PUBLISH_LOT == 1_000
+    ps = due_at(later(5), 2_500)
+    assert batch_sizes(broker) == [125] * 4 + [200] * 10
+    ids = {pid for m in queued(broker, "test-batches") for pid, _ in m["args"][0]}
+    assert ids == {p.id for p in ps}
+
+
+def test_tick_publishes_occurrences_due_together_in_full_batches(broker: redis.Redis) -> None:
+    t = later(3600)  # beyond the horizon: left to the tick
+    ps = due_at(t, 1_300)
+    assert queued(broker, "test-batches") == []
+    result = engine.tick(broker, scope(), tasks.publish, now=t - timedelta(seconds=1))
+    assert result["promoted"] == 1_300
+    # 1,000 (one PUBLISH_LOT) as 5 tasks of 200, the last 300 spread over 4.
+    assert batch_sizes(broker) == [75] * 4 + [200] * 5
+    ids = {pid for m in queued(broker, "test-batches") for pid, _ in m["args"][0]}
+    assert ids == {p.id for p in ps}
 
 
 def test_batch_size_one_publishes_one_deliver_task_each(redis_url: str) -> None:
