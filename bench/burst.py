@@ -212,6 +212,12 @@ def pick_t(lead: float) -> float:
     return float(math.ceil(time.time() + lead))
 
 
+#: SPEC: a burst of 10,000 due at the same second delivered within this (seconds) ...
+SPEC_WITHIN = 2.0
+#: ... and issue 18's aim for it.
+ISSUE18_WITHIN = 1.0
+
+
 def wait_deadline(t: float, n: int) -> float:
     return t + max(60.0, n / 50)
 
@@ -589,11 +595,13 @@ def bursts(
     results["rows"] = rows
     results["scaling"] = scaling
     results["runs"] = {k: [r.as_dict() for r in v] for k, v in all_runs.items()}
-    # SPEC: 10,000 due in the same second all delivered within 2 s by one worker.
-    results["promise_within_2s"] = {
-        "n": n, "last_call_s": batched["last_s"],
-        "met": n >= 10_000 and batched["delivered"] == n and batched["last_s"] <= 2.0,
-    }  # fmt: skip
+    # SPEC: 10,000 due in the same second all delivered within 2 s by one worker; issue
+    # 18 asks for 1.0 s.
+    for key, within in (("promise_within_2s", SPEC_WITHIN), ("issue18_within_1s", ISSUE18_WITHIN)):
+        results[key] = {
+            "n": n, "within_s": within, "last_call_s": batched["last_s"],
+            "met": n >= 10_000 and batched["delivered"] == n and batched["last_s"] <= within,
+        }  # fmt: skip
     out.append(table(f"Burst: {n:,} due at the same second, one worker", HEADERS,
                      [row(s) for s in rows]))  # fmt: skip
     out.append(table(f"Scaling: ours batched, {n:,} due at once, one worker", HEADERS,
@@ -649,10 +657,14 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(name, results)
     print("\n\n".join(out))
     progress(f"wrote {path}")
-    if "promise_within_2s" in results:
-        p = results["promise_within_2s"]
-        progress(f"SPEC {n:,} within 2 s (batched, one worker): last call {p['last_call_s']:.2f}s"
-                 f" after T -> {'met' if p['met'] else 'NOT met'}")  # fmt: skip
+    for key, who in (("promise_within_2s", "SPEC"), ("issue18_within_1s", "issue 18")):
+        if key in results:
+            p = results[key]
+            verdict = "met" if p["met"] else "NOT met"
+            progress(
+                f"{who}: {n:,} within {p['within_s']:g} s (batched, one worker): "
+                f"last call {p['last_call_s']:.2f}s after T -> {verdict}"
+            )
     short = [s for s in results.get("rows", []) + results.get("scaling", []) if s["delivered"] < n]
     for s in short:
         progress(f"{s['system']} {s['variant']}: only {s['delivered']}/{n} delivered")
