@@ -82,14 +82,15 @@ def promote_now(ctx: Scope, records: Sequence[ScheduledPrompt], now: datetime) -
     published = 0
     for home, group in by_shard(ctx, due).values():
         ids = [r.id for r in group]
-        gathered: list[Delivery] = []
-        for i in range(0, len(ids), store.PROMOTE_LOT):
-            rows = yield promote_op(home, now, ids[i : i + store.PROMOTE_LOT])
-            gathered += parse_promoted(rows, home.number)
-            last = i + store.PROMOTE_LOT >= len(ids)
-            if gathered and (len(gathered) >= PUBLISH_LOT or last):
-                published += yield Enqueue(gathered)
-                gathered = []
+        for start in range(0, len(ids), PUBLISH_LOT):
+            # Short PROMOTE calls in one round trip, what they took published together.
+            lot = ids[start : start + PUBLISH_LOT]
+            calls = [promote_op(home, now, lot[i : i + store.PROMOTE_LOT])
+                     for i in range(0, len(lot), store.PROMOTE_LOT)]  # fmt: skip
+            replies = yield from shards.each(calls)
+            deliveries = [d for rows in replies for d in parse_promoted(rows, home.number)]
+            if deliveries:
+                published += yield Enqueue(deliveries)
     return published
 
 
