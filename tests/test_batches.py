@@ -482,12 +482,13 @@ def test_a_batch_is_sent_for_its_earliest_occurrence(broker: redis.Redis) -> Non
     assert datetime.fromisoformat(message["eta"]) == from_ms(t) - SEND_AHEAD
 
 
-def batch_sizes(client: redis.Redis) -> list[int]:
-    """The sizes of the queued ``deliver_batch`` tasks, checking that no occurrence went
-    twice."""
-    items = [tuple(i) for m in queued(client, "test-batches") for i in m["args"][0]]
+def queued_batches(client: redis.Redis) -> tuple[list[int], set[str]]:
+    """The sizes of the queued ``deliver_batch`` tasks and the prompts they carry,
+    checking that no occurrence went twice."""
+    carried = [m["args"][0] for m in queued(client, "test-batches")]
+    items = [tuple(i) for task in carried for i in task]
     assert len(items) == len(set(items))
-    return sorted(len(m["args"][0]) for m in queued(client, "test-batches"))
+    return sorted(len(task) for task in carried), {str(pid) for pid, _ in items}
 
 
 def test_schedule_many_publishes_occurrences_due_together_in_full_batches(
@@ -498,9 +499,7 @@ def test_schedule_many_publishes_occurrences_due_together_in_full_batches(
     # shares; the last 500 are spread over SPREAD_TASKS.
     assert store.PROMOTE_LOT < PUBLISH_LOT == 1_000
     ps = due_at(later(5), 2_500)
-    assert batch_sizes(broker) == [125] * 4 + [200] * 10
-    ids = {pid for m in queued(broker, "test-batches") for pid, _ in m["args"][0]}
-    assert ids == {p.id for p in ps}
+    assert queued_batches(broker) == ([125] * 4 + [200] * 10, {p.id for p in ps})
 
 
 def test_tick_publishes_occurrences_due_together_in_full_batches(broker: redis.Redis) -> None:
@@ -510,9 +509,7 @@ def test_tick_publishes_occurrences_due_together_in_full_batches(broker: redis.R
     result = engine.tick(broker, scope(), tasks.publish, now=t - timedelta(seconds=1))
     assert result["promoted"] == 1_300
     # 1,000 (one PUBLISH_LOT) as 5 tasks of 200, the last 300 spread over 4.
-    assert batch_sizes(broker) == [75] * 4 + [200] * 5
-    ids = {pid for m in queued(broker, "test-batches") for pid, _ in m["args"][0]}
-    assert ids == {p.id for p in ps}
+    assert queued_batches(broker) == ([75] * 4 + [200] * 5, {p.id for p in ps})
 
 
 def test_batch_size_one_publishes_one_deliver_task_each(redis_url: str) -> None:
